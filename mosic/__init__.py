@@ -1,0 +1,65 @@
+"""mosic: post-pretrain vision backbones on unlabeled video with motion (MoSiC, ICCV 2025).
+
+    from mosic import PostPretrainer
+    PostPretrainer(backbone="dinov2-s14").fit("videos/")
+
+Coordinates are (x, y) pixels everywhere: x to the right, y down, the centre of pixel
+(row i, column j) at (x=j, y=i).
+"""
+
+from .backbones import BACKBONES, Backbone, register_backbone
+from .config import ConfigError, RunConfig
+from .objectives import OBJECTIVES, Objective, register_objective
+from .registry import UnknownNameError
+from .trackers import TRACKERS, Tracker, Tracks, query_grid, register_tracker
+from .trainer import PostPretrainer
+
+__version__ = "0.1.0.dev0"
+
+
+def create_backbone(name: str, **kwargs) -> Backbone:
+    """Build a registered backbone, e.g. ``create_backbone("vit-tiny", pretrained=False)``."""
+    return BACKBONES.create(name, **kwargs)
+
+
+def create_tracker(name: str, **kwargs) -> Tracker:
+    return TRACKERS.create(name, **kwargs)
+
+
+def create_objective(name: str, **kwargs) -> Objective:
+    """Build a registered objective; needs ``embed_dim`` of the backbone."""
+    return OBJECTIVES.create(name, **kwargs)
+
+
+def list_backbones(pattern: str | None = None) -> list[str]:
+    return BACKBONES.list(pattern)
+
+
+def list_trackers(pattern: str | None = None) -> list[str]:
+    return TRACKERS.list(pattern)
+
+
+def list_objectives(pattern: str | None = None) -> list[str]:
+    return OBJECTIVES.list(pattern)
+
+
+__all__ = [
+    "Backbone",
+    "ConfigError",
+    "Objective",
+    "PostPretrainer",
+    "RunConfig",
+    "Tracker",
+    "Tracks",
+    "UnknownNameError",
+    "create_backbone",
+    "create_objective",
+    "create_tracker",
+    "list_backbones",
+    "list_objectives",
+    "list_trackers",
+    "query_grid",
+    "register_backbone",
+    "register_objective",
+    "register_tracker",
+]

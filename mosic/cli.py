@@ -1,0 +1,68 @@
+"""The ``mosic`` command line: fit, demo, list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import RunConfig
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosic", description="Post-pretrain vision backbones on video with motion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="post-pretrain from a config file")
+    fit.add_argument("--config", help="YAML/JSON RunConfig (default: the paper's defaults)")
+    fit.add_argument("--videos", required=True, help="folder of videos or frame folders, or a video file")
+    fit.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
+    fit.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
+
+    demo = sub.add_parser("demo", help="offline demo on synthetic videos (CPU, a few minutes)")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--no-progress", action="store_true")
+
+    lst = sub.add_parser("list", help="list registered components")
+    lst.add_argument("kind", choices=["backbones", "trackers", "objectives"])
+    lst.add_argument("pattern", nargs="?", help="glob filter, e.g. 'dinov2*'")
+
+    show = sub.add_parser("config", help="print the default (or a given) config as YAML")
+    show.add_argument("--config")
+    show.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "list":
+        import mosic
+
+        lister = {"backbones": mosic.list_backbones, "trackers": mosic.list_trackers, "objectives": mosic.list_objectives}
+        for name in lister[args.kind](args.pattern):
+            print(name)
+        return 0
+    if args.command == "config":
+        config = RunConfig.from_file(args.config) if args.config else RunConfig()
+        print(config.with_overrides(args.overrides).to_yaml(), end="")
+        return 0
+    if args.command == "demo":
+        from .demo import format_results, run_demo
+
+        results = run_demo(args.out, steps=args.steps, progress=not args.no_progress)
+        print(format_results(results))
+        return 0
+    if args.command == "fit":
+        from .trainer import PostPretrainer
+
+        config = RunConfig.from_file(args.config) if args.config else RunConfig()
+        config = config.with_overrides(args.overrides)
+        trainer = PostPretrainer(config=config).fit(args.videos, resume=args.resume)
+        where = trainer.config.train.out_dir or "(no out_dir: nothing saved)"
+        print(f"done: {trainer.step} steps; run folder {where}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Training clips: frame sampling, the shared view transform, and batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .source import GroundTruth, VideoSource
+from .transforms import ViewTransform, random_resized_crop
+
+
+class ClipTooShortError(ValueError):
+    """The video has fewer frames than a clip needs."""
+
+
+@dataclass
+class ClipMeta:
+    """Where a training clip came from; travels with the batch (one per clip).
+
+    Attributes:
+        video: the source's video name.
+        index: index of the video in the source.
+        frame_indices: source frame numbers of the clip's T frames.
+        transform: source pixels -> view pixels.
+        sample_seed: seed of this sample's randomness (crop, token mask).
+        ground_truth: exact annotations for synthetic videos, else None.
+    """
+
+    video: str
+    index: int
+    frame_indices: list[int]
+    transform: ViewTransform
+    sample_seed: int
+    ground_truth: GroundTruth | None = None
+
+
+def clip_frame_indices(
+    num_available: int, num_frames: int, stride: int, rng: np.random.Generator, video: str = "video"
+) -> list[int]:
+    """T frame numbers ``start + stride * k`` from a random start.
+
+    A video too short for ``stride`` uses the largest stride that fits; one with fewer
+    than ``num_frames`` frames raises :class:`ClipTooShortError`.
+    """
+    if num_available < num_frames:
+        raise ClipTooShortError(
+            f"{video} has {num_available} frames but a clip needs {num_frames}; "
+            "lower data.num_frames or remove the video"
+        )
+    stride = max(1, min(stride, (num_available - 1) // max(1, num_frames - 1)))
+    span = stride * (num_frames - 1) + 1
+    start = int(rng.integers(0, num_available - span + 1))
+    return [start + stride * k for k in range(num_frames)]
+
+
+class ClipDataset(Dataset):
+    """Random clips of a :class:`VideoSource`, one per video per epoch.
+
+    Item i of epoch e (``dataset[(e, i)]``, or ``dataset[i]`` for the epoch set with
+    :meth:`set_epoch`) is a deterministic function of (seed, e, i): the same clip and
+    view whatever the worker count, process count or resume point.
+
+    Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta}``.
+    """
+
+    def __init__(
+        self,
+        source: VideoSource,
+        num_frames: int = 12,
+        frame_stride: int = 6,
+        size: int | tuple[int, int] = 224,
+        crop_scale: tuple[float, float] = (0.4, 1.0),
+        flip_probability: float = 0.0,
+        seed: int = 0,
+    ):
+        if len(source) == 0:
+            raise ValueError("the video source is empty")
+        self.source = source
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.crop_scale = tuple(crop_scale)
+        self.flip_probability = flip_probability
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def sample_seed(self, epoch: int, index: int) -> int:
+        return int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        seed = self.sample_seed(epoch, index)
+        rng = np.random.default_rng(seed)
+        name = self.source.video_name(index)
+        frame_indices = clip_frame_indices(self.source.num_frames(index), self.num_frames, self.frame_stride, rng, name)
+        frames = torch.from_numpy(np.ascontiguousarray(self.source.read_frames(index, frame_indices)))
+        frames = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
+        height, width = frames.shape[-2:]
+        transform = random_resized_crop(rng, height, width, self.size, self.crop_scale, flip_probability=self.flip_probability)
+        meta = ClipMeta(name, index, frame_indices, transform, seed, self.source.ground_truth(index))
+        return {"frames": transform.apply_to_frames(frames).contiguous(), "meta": meta}
+
+
+def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack frames to (B, T, 3, H, W); keep metadata as a list."""
+    return {
+        "frames": torch.stack([s["frames"] for s in samples]),
+        "meta": [s["meta"] for s in samples],
+    }

@@ -1,0 +1,105 @@
+"""The crop/resize/flip that turns source frames into a training view, for frames and points.
+
+The same :class:`ViewTransform` is applied to every frame of a clip and to the (x, y)
+pixel coordinates of tracks, so tracks computed on source frames (a cache, ground
+truth) land on the right view pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ViewTransform:
+    """Crop box ``[x0, x0 + width) x [y0, y0 + height)`` of source pixels, resized to
+    ``out_size`` (H, W), then optionally flipped left-right."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    out_size: tuple[int, int]
+    flip: bool = False
+
+    @staticmethod
+    def identity(height: int, width: int) -> "ViewTransform":
+        return ViewTransform(0, 0, width, height, (height, width))
+
+    def points_to_view(self, xy: torch.Tensor | np.ndarray):
+        """(..., 2) source (x, y) pixels -> view pixels."""
+        out_h, out_w = self.out_size
+        x = (xy[..., 0] + 0.5 - self.x0) * (out_w / self.width) - 0.5
+        y = (xy[..., 1] + 0.5 - self.y0) * (out_h / self.height) - 0.5
+        if self.flip:
+            x = (out_w - 1) - x
+        return _stack(x, y, xy)
+
+    def points_to_source(self, xy: torch.Tensor | np.ndarray):
+        """(..., 2) view (x, y) pixels -> source pixels (inverse of :meth:`points_to_view`)."""
+        out_h, out_w = self.out_size
+        x = (out_w - 1) - xy[..., 0] if self.flip else xy[..., 0]
+        x = (x + 0.5) * (self.width / out_w) - 0.5 + self.x0
+        y = (xy[..., 1] + 0.5) * (self.height / out_h) - 0.5 + self.y0
+        return _stack(x, y, xy)
+
+    def inside_view(self, xy: torch.Tensor | np.ndarray):
+        """(..., 2) view pixels -> (...) bool, inside the view's extent."""
+        out_h, out_w = self.out_size
+        x, y = xy[..., 0], xy[..., 1]
+        return (x >= -0.5) & (x <= out_w - 0.5) & (y >= -0.5) & (y <= out_h - 0.5)
+
+    def apply_to_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) uint8 source frames -> (T, 3, out_h, out_w) uint8 view."""
+        crop = frames[..., self.y0 : self.y0 + self.height, self.x0 : self.x0 + self.width]
+        if (self.height, self.width) != tuple(self.out_size):
+            crop = F.interpolate(crop.float(), size=self.out_size, mode="bilinear", align_corners=False, antialias=True)
+            crop = crop.round_().clamp_(0, 255).to(torch.uint8)
+        return crop.flip(-1) if self.flip else crop
+
+
+def random_resized_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    out_size: tuple[int, int],
+    scale: tuple[float, float] = (0.4, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_probability: float = 0.0,
+) -> ViewTransform:
+    """Sample a crop covering ``scale`` of the area with aspect ``ratio`` (as
+    torchvision's RandomResizedCrop, but drawing from ``rng`` so a sample's view depends
+    only on its seed); falls back to the largest centred crop of valid aspect."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    box = None
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+            break
+    if box is None:
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            w, h = width, int(round(width / ratio[0]))
+        elif in_ratio > ratio[1]:
+            w, h = int(round(height * ratio[1])), height
+        else:
+            w, h = width, height
+        box = ((width - w) // 2, (height - h) // 2, w, h)
+    flip = bool(rng.random() < flip_probability)
+    return ViewTransform(*box, out_size=tuple(out_size), flip=flip)
+
+
+def _stack(x, y, like):
+    if isinstance(like, torch.Tensor):
+        return torch.stack([x, y], dim=-1)
+    return np.stack([x, y], axis=-1)

@@ -1,0 +1,51 @@
+"""Projection head and L2-normalised prototypes shared by clustering objectives."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """MLP ``in_dim -> hidden_dims... -> out_dim`` with GELU between layers.
+
+    The paper's head: hidden (2048, 2048), out 256. The authors' code used
+    (1024, 1024, 512) hidden, out 256.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int] = (2048, 2048), out_dim: int = 256):
+        super().__init__()
+        dims = [in_dim, *hidden_dims, out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim), L2-normalised."""
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class Prototypes(nn.Module):
+    """K unit-norm prototype vectors; ``forward`` gives cosine scores in [-1, 1]."""
+
+    def __init__(self, num_prototypes: int = 100, dim: int = 256):
+        super().__init__()
+        self.weight = nn.Parameter(F.normalize(torch.randn(num_prototypes, dim), dim=-1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., dim) unit vectors -> (..., K) scores."""
+        return z @ self.weight.t().to(z.dtype)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        self.weight.copy_(F.normalize(self.weight, dim=-1))

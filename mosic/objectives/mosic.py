@@ -1,0 +1,139 @@
+"""The MoSiC objective: Sinkhorn clusters of the teacher, read along point tracks.
+
+For every query point i and frame t where the point is visible, the target is the
+teacher's Sinkhorn cluster of the feature at the point's tracked position in frame t
+(``target="tracked"``, what the authors' code does and the default), or the teacher's
+frame-0 cluster carried unchanged along the track (``target="propagated"``, the
+paper's eq. 8 taken literally). The prediction is the student's frame-0 score
+distribution at the query point (temperature 0.1); the loss is the cross-entropy,
+averaged over the visible (point, frame) entries of the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed as dist
+from ..points import sample_at_points
+from ..sinkhorn import sinkhorn
+from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from .head import ProjectionHead, Prototypes
+
+
+@register_objective("mosic", target="tracked")
+@register_objective("mosic-propagated", target="propagated")
+class MoSiCObjective(Objective):
+    """Motion-based Sinkhorn clustering.
+
+    Args:
+        embed_dim: backbone feature dimension D.
+        num_prototypes: K (100 in the paper).
+        projection_dim: head output and prototype dimension (256).
+        head_hidden_dims: hidden widths of the projection MLP ((2048, 2048) in the paper).
+        temperature: softmax temperature of the student scores (0.1).
+        sinkhorn_epsilon, sinkhorn_iterations: Sinkhorn-Knopp settings (0.05, 10).
+        loss_points: "visible" (paper) uses the entries where the point is visible;
+            "all" also uses occluded ones (the paper's Table 6f ablation).
+        mean_over_all: divide by the number of all entries instead of the used ones
+            (the authors' code: visibility-weighted sum over every point).
+        target: "tracked" or "propagated" (see the module docstring).
+    """
+
+    student_frames = (0,)
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_prototypes: int = 100,
+        projection_dim: int = 256,
+        head_hidden_dims: Sequence[int] = (2048, 2048),
+        temperature: float = 0.1,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iterations: int = 10,
+        loss_points: Literal["visible", "all"] = "visible",
+        mean_over_all: bool = False,
+        target: Literal["tracked", "propagated"] = "tracked",
+    ):
+        super().__init__()
+        if loss_points not in ("visible", "all"):
+            raise ValueError(f"loss_points must be 'visible' or 'all', got {loss_points!r}")
+        if target not in ("tracked", "propagated"):
+            raise ValueError(f"target must be 'tracked' or 'propagated', got {target!r}")
+        self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim)
+        self.prototypes = Prototypes(num_prototypes, projection_dim)
+        self.temperature = temperature
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.loss_points = loss_points
+        self.mean_over_all = mean_over_all
+        self.target = target
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., D) backbone features -> (..., K) cosine scores against the prototypes."""
+        return self.prototypes(self.head(features))
+
+    def after_optimizer_step(self) -> None:
+        self.prototypes.normalize_()
+
+    def teacher_targets(
+        self, inputs: ObjectiveInputs, teacher: "MoSiCObjective", used: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, N) int64 cluster targets from the teacher's Sinkhorn assignment."""
+        xy = inputs.tracks.xy
+        b, t, n, _ = xy.shape
+        with torch.no_grad():
+            if self.target == "propagated":
+                tokens, points, rows = inputs.teacher_tokens[:, 0], xy[:, 0], used[:, 0]
+            else:
+                tokens, points, rows = inputs.teacher_tokens.flatten(0, 1), xy.flatten(0, 1), used
+            features = sample_at_points(tokens, points, inputs.patch_size, "bilinear")
+            scores = teacher.scores(features)
+            k = scores.shape[-1]
+            assignment = sinkhorn(
+                scores.reshape(-1, k), self.sinkhorn_epsilon, self.sinkhorn_iterations, rows.reshape(-1)
+            )
+            targets = assignment.argmax(dim=-1)
+            if self.target == "propagated":
+                return targets.view(b, 1, n).expand(b, t, n)
+            return targets.view(b, t, n)
+
+    def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
+        tracks = inputs.tracks
+        b, t, n, _ = tracks.xy.shape
+        source = tracks.visible[:, :1]  # (B, 1, N): the query is on frame 0
+        if inputs.student_token_mask is not None:  # no prediction from dropped tokens
+            dropped = sample_at_points(
+                inputs.student_token_mask[:, 0, ..., None].float(), tracks.xy[:, 0], inputs.patch_size, "nearest"
+            )
+            source = source & (dropped[..., 0] < 0.5).unsqueeze(1)
+        used = source & tracks.visible if self.loss_points == "visible" else source.expand(b, t, n)
+
+        targets = self.teacher_targets(inputs, teacher, used)
+
+        student_features = sample_at_points(inputs.student_tokens[:, 0], tracks.xy[:, 0], inputs.patch_size, "nearest")
+        logits = self.scores(student_features).float() / self.temperature  # (B, N, K)
+        log_probs = F.log_softmax(logits, dim=-1)
+        nll = -torch.gather(log_probs.unsqueeze(1).expand(b, t, n, -1), 3, targets.unsqueeze(-1)).squeeze(-1)
+
+        weights = used.float()
+        loss_sum = (nll * weights).sum()
+        count = weights.sum() if not self.mean_over_all else source.expand(b, t, n).float().sum()
+        global_count = dist.all_reduce_sum(count.detach()).clamp_min(1.0)
+        loss = loss_sum / global_count * dist.world_size()
+
+        with torch.no_grad():
+            agree = ((logits.argmax(-1).unsqueeze(1) == targets).float() * weights).sum()
+            used_clusters = torch.zeros(logits.shape[-1], device=logits.device)
+            used_clusters.index_add_(0, targets[used], torch.ones_like(targets[used], dtype=torch.float32))
+            stats = dist.all_reduce_sum(torch.stack([loss_sum.detach(), agree, weights.sum(), weights.numel() * torch.ones_like(agree)]))
+            used_clusters = dist.all_reduce_sum(used_clusters)
+            metrics = {
+                "loss": stats[0] / global_count,
+                "agreement": stats[1] / stats[2].clamp_min(1.0),
+                "visible_fraction": stats[2] / stats[3],
+                "clusters_used": (used_clusters > 0).float().sum(),
+            }
+        return ObjectiveOutput(loss=loss, metrics=metrics)

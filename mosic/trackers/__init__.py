@@ -1,0 +1,7 @@
+"""Point trackers: video (B, T, 3, H, W) uint8 + queries (B, N, 3) -> :class:`Tracks`."""
+
+from . import oracle  # noqa: F401  (registers the built-in trackers)
+from .base import TRACKERS, Tracker, Tracks, query_grid, register_tracker
+from .oracle import OracleTracker
+
+__all__ = ["TRACKERS", "OracleTracker", "Tracker", "Tracks", "query_grid", "register_tracker"]

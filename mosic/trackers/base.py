@@ -1,0 +1,124 @@
+"""Tracker interface, the :class:`Tracks` container and the first-frame query grid.
+
+Coordinates everywhere in mosic are (x, y) pixels: x to the right, y down, the centre
+of pixel (row i, column j) at (x=j, y=i), so an image of width W spans [-0.5, W - 0.5].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..registry import Registry
+
+
+@dataclass
+class Tracks:
+    """Point tracks of a batch of clips.
+
+    Attributes:
+        xy: (B, T, N, 2) float, (x, y) pixels of the video the tracker was given.
+        visible: (B, T, N) bool, the point is visible (not occluded, inside the frame).
+    """
+
+    xy: torch.Tensor
+    visible: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.xy.ndim != 4 or self.xy.shape[-1] != 2:
+            raise ValueError(f"Tracks.xy must be (B, T, N, 2), got {tuple(self.xy.shape)}")
+        if self.visible.shape != self.xy.shape[:-1]:
+            raise ValueError(
+                f"Tracks.visible must be (B, T, N) = {tuple(self.xy.shape[:-1])}, "
+                f"got {tuple(self.visible.shape)}"
+            )
+        if self.visible.dtype != torch.bool:
+            self.visible = self.visible.bool()
+
+    def to(self, device: torch.device | str) -> "Tracks":
+        return Tracks(self.xy.to(device, non_blocking=True), self.visible.to(device, non_blocking=True))
+
+    def __getitem__(self, index) -> "Tracks":
+        """Index the batch dimension, keeping it (``tracks[1:3]``)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return Tracks(self.xy[index], self.visible[index])
+
+    @staticmethod
+    def cat(parts: Sequence["Tracks"], dim: int = 0) -> "Tracks":
+        """Concatenate along the batch (dim 0) or point (dim 2) axis."""
+        vis_dim = dim if dim >= 0 else dim - 1
+        return Tracks(torch.cat([p.xy for p in parts], dim), torch.cat([p.visible for p in parts], vis_dim))
+
+
+def query_grid(height: int, width: int, grid_size: int, frame: int = 0) -> torch.Tensor:
+    """The paper's G x G grid of queries on one frame, as (N=G*G, 3) rows (t, x, y).
+
+    Points sit at the centres of a G x G tiling of the image, row-major (y outer,
+    x inner); with a 224 px image, G=16 and patch 14 every point is a patch centre.
+    """
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    xs = (torch.arange(grid_size, dtype=torch.float32) + 0.5) * (width / grid_size) - 0.5
+    ys = (torch.arange(grid_size, dtype=torch.float32) + 0.5) * (height / grid_size) - 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    t = torch.full_like(gx, float(frame))
+    return torch.stack([t, gx, gy], dim=-1).reshape(-1, 3)
+
+
+class Tracker(ABC):
+    """Follows query points through videos.
+
+    Subclasses implement :meth:`track`. ``clips`` carries per-video metadata
+    (:class:`mosic.data.ClipMeta`) for trackers that need more than pixels (the oracle);
+    ordinary trackers ignore it.
+    """
+
+    #: human-readable name, set by the registry user or the subclass
+    name: str = "tracker"
+
+    @abstractmethod
+    def track(
+        self,
+        video: torch.Tensor,
+        queries: torch.Tensor,
+        *,
+        clips: Sequence[Any] | None = None,
+    ) -> Tracks:
+        """Track ``queries`` through ``video``.
+
+        Args:
+            video: (B, T, 3, H, W) uint8 RGB.
+            queries: (B, N, 3) float rows (t, x, y): frame index and pixel position.
+            clips: optional per-video metadata, length B.
+        Returns:
+            :class:`Tracks` with xy (B, T, N, 2) in the pixels of ``video`` and visible (B, T, N).
+        """
+
+    def __call__(self, video: torch.Tensor, queries: torch.Tensor, **kwargs: Any) -> Tracks:
+        check_track_inputs(video, queries)
+        return self.track(video, queries, **kwargs)
+
+    def to(self, device: torch.device | str) -> "Tracker":
+        """Move any weights to ``device`` (no-op for weight-free trackers)."""
+        return self
+
+
+def check_track_inputs(video: torch.Tensor, queries: torch.Tensor) -> None:
+    """Fail fast with a readable message on malformed tracker inputs."""
+    if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[2] != 3:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"video must be a (B, T, 3, H, W) uint8 tensor, got {shape}")
+    if video.dtype != torch.uint8:
+        raise ValueError(f"video must be uint8 (0..255), got {video.dtype}")
+    if queries.ndim != 3 or queries.shape[-1] != 3 or queries.shape[0] != video.shape[0]:
+        raise ValueError(
+            f"queries must be (B={video.shape[0]}, N, 3) rows (t, x, y), got {tuple(queries.shape)}"
+        )
+
+
+TRACKERS: Registry[Tracker] = Registry("tracker", "mosic.trackers")
+register_tracker = TRACKERS.register

@@ -1,0 +1,489 @@
+"""``PostPretrainer``: the MoSiC post-pretraining loop.
+
+One step: track a G x G grid of frame-0 points through each clip (or read cached /
+ground-truth tracks), run the EMA teacher on all T frames without grad, run the student
+only on the frames the objective reads (frame 0), read features at the track points,
+and let the objective turn them into a loss. AdamW, cosine schedule, EMA update,
+bf16 autocast on CUDA (Sinkhorn stays fp32), DDP under torchrun with an explicit global
+batch, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import distributed as dist
+from .backbones.base import BACKBONES, Backbone
+from .checkpoint import (
+    load_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    update_latest,
+)
+from .config import ConfigError, RunConfig
+from .data.clips import ClipDataset, ClipMeta, collate_clips
+from .ema import ema_momentum, ema_update_
+from .learner import Learner
+from .objectives.base import OBJECTIVES, Objective
+from .optim import build_optimizer, build_scheduler, parameter_groups
+from .trackers.base import TRACKERS, Tracker, Tracks, query_grid
+
+StepCallback = Callable[["PostPretrainer", int, dict], None]
+
+
+class PostPretrainer:
+    """Post-pretrain a backbone on videos with motion.
+
+    Args:
+        backbone: registered name or a :class:`~mosic.backbones.Backbone` instance
+            (default: the config's, ``dinov2-s14``).
+        tracker: registered name or a :class:`~mosic.trackers.Tracker` instance.
+        objective: registered name or an :class:`~mosic.objectives.Objective` instance.
+        pretrained: True (hub download), False (random init) or a local weights path.
+        config: a :class:`RunConfig`, a dict, or a YAML/JSON path.
+        **overrides: config fields by name (``max_steps=100``, ``global_batch_size=8``,
+            ``"optim.head_lr": 1e-3``).
+
+    After :meth:`fit`, ``student`` and ``teacher`` are the trained backbones (the teacher
+    is the one to evaluate and export).
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone | None = None,
+        tracker: str | Tracker | None = None,
+        objective: str | Objective | None = None,
+        pretrained: bool | str | None = None,
+        config: RunConfig | dict | str | Path | None = None,
+        **overrides: Any,
+    ):
+        cfg = _as_config(config)
+        named: dict[str, Any] = {}
+        for section, value in (("backbone", backbone), ("tracker", tracker), ("objective", objective)):
+            if value is not None:
+                named[f"{section}.name"] = value if isinstance(value, str) else _describe(value)
+        if pretrained is not None:
+            named["backbone.pretrained"] = str(pretrained) if isinstance(pretrained, Path) else pretrained
+        self.config = cfg.with_overrides({**named, **overrides})
+        self.device = _resolve_device(self.config.train.device)
+        dist.init_from_environment(self.device)
+        torch.manual_seed(self.config.train.seed)
+
+        backbone_module = backbone if isinstance(backbone, Backbone) else self._create_backbone()
+        backbone_module.set_trainable(self.config.backbone.train_blocks)
+        objective_module = objective if isinstance(objective, Objective) else self._create_objective(backbone_module)
+        self.tracker: Tracker = tracker if isinstance(tracker, Tracker) else TRACKERS.create(
+            self.config.tracker.name, **self.config.tracker.kwargs
+        )
+        self.tracker.to(self.device)
+
+        self.learner = Learner(backbone_module, objective_module).to(self.device)
+        if self.config.train.ema:
+            self.teacher_learner = copy.deepcopy(self.learner).requires_grad_(False)
+        else:
+            self.teacher_learner = self.learner
+        self._ema_pairs = [
+            (t, s)
+            for (_, t), (_, s) in zip(self.teacher_learner.named_parameters(), self.learner.named_parameters())
+            if s.requires_grad
+        ]
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.total_steps: int | None = None
+        self.history: list[dict] = []
+
+    # ---- public --------------------------------------------------------------------------
+    @property
+    def student(self) -> Backbone:
+        return self.learner.backbone
+
+    @property
+    def teacher(self) -> Backbone:
+        return self.teacher_learner.backbone
+
+    def fit(
+        self,
+        videos: Any,
+        max_steps: int | None = None,
+        epochs: int | None = None,
+        out_dir: str | Path | None = None,
+        resume: bool | str | Path = False,
+        callbacks: Sequence[StepCallback] = (),
+    ) -> "PostPretrainer":
+        """Train on ``videos``: a folder of video files, a folder of frame folders
+        (YouTube-VOS/DAVIS ``JPEGImages`` layout), a list of paths, or a dataset object
+        such as :class:`mosic.data.SyntheticVideos`.
+
+        ``resume=True`` continues from the newest checkpoint in ``out_dir`` (a path
+        names a checkpoint); the result equals an uninterrupted run. ``callbacks`` are
+        called as ``callback(trainer, step, metrics)`` after every step.
+        """
+        from .data.readers import open_videos
+
+        train = self.config.train
+        overrides = {k: v for k, v in (("max_steps", max_steps), ("epochs", epochs)) if v is not None}
+        if out_dir is not None:
+            overrides["out_dir"] = str(out_dir)
+        if overrides:
+            self.config = self.config.with_overrides({f"train.{k}": v for k, v in overrides.items()})
+            train = self.config.train
+        data = self.config.data
+        source = open_videos(videos, backend=data.backend)
+        dataset = ClipDataset(
+            source, data.num_frames, data.frame_stride, data.size, data.crop_scale, data.flip_probability, train.seed
+        )
+        world = dist.world_size()
+        if data.global_batch_size % world:
+            raise ConfigError(
+                f"data.global_batch_size={data.global_batch_size} is not divisible by the {world} processes"
+            )
+        per_rank = data.global_batch_size // world
+        sampler = _EpochSampler(dataset, num_replicas=world, rank=dist.rank(), seed=train.seed, batch_size=per_rank)
+        steps_per_epoch = sampler.steps_per_epoch
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} videos are fewer than one global batch of {data.global_batch_size} clips; "
+                "lower data.global_batch_size or add videos"
+            )
+        total = train.max_steps or train.epochs * steps_per_epoch
+        self._prepare_optimizer(total)
+        out = Path(train.out_dir) if train.out_dir else None
+        if resume:
+            checkpoint = self._find_resume_checkpoint(resume, out)
+            if checkpoint is not None:
+                self._restore(checkpoint, with_optimizer=True)
+        if out is not None and dist.is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            self.config.save(out / "config.yaml")
+
+        sampler.start_step = self.step
+        loader = DataLoader(
+            dataset,
+            batch_size=per_rank,
+            sampler=sampler,
+            num_workers=data.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=self.device.type == "cuda",
+        )
+        progress = _Progress(enabled=train.progress and dist.is_main_process(), total=total, start=self.step)
+        window_start, window_clips = time.perf_counter(), 0
+        with progress:
+            for batch in loader:
+                if self.step >= total:
+                    break
+                metrics = self.train_step(batch)
+                self.step += 1
+                epoch = (self.step - 1) // steps_per_epoch
+                window_clips += data.global_batch_size
+                last = self.step >= total
+                if self.step % train.log_every == 0 or last:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
+                    record["lr_backbone"], record["lr_head"] = self._current_lrs()
+                    record["clips_per_s"] = window_clips / max(elapsed, 1e-9)
+                    self._log(record, out)
+                    progress.update(self.step, record)
+                    window_start, window_clips = time.perf_counter(), 0
+                if out is not None and (self.step % train.checkpoint_every == 0 or last):
+                    self.save_checkpoint(out)
+                for callback in callbacks:
+                    callback(self, self.step, metrics)
+                if last:
+                    break
+        return self
+
+    @torch.no_grad()
+    def _tracks_for(self, frames: torch.Tensor, metas: list[ClipMeta]) -> Tracks:
+        b, _, _, h, w = frames.shape
+        queries = query_grid(h, w, self.config.tracker.grid_size).to(self.device).expand(b, -1, -1)
+        return self.tracker(frames, queries, clips=metas).to(self.device)
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step on a collated batch; returns detached metric tensors."""
+        if self.optimizer is None:
+            raise RuntimeError("call fit() (or _prepare_optimizer) before train_step")
+        frames = batch["frames"].to(self.device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        metas = batch["meta"]
+        tracks = batch["tracks"].to(self.device) if "tracks" in batch else self._tracks_for(frames, metas)
+        backbone = self.learner.backbone
+        images = backbone.preprocess(frames)
+        student_frames = list(self.learner.objective.student_frames)
+        h, w = frames.shape[-2] // backbone.patch_size, frames.shape[-1] // backbone.patch_size
+        token_mask = _token_masks(metas, len(student_frames), h, w, self.config.train.mask_ratio)
+        if token_mask is not None:
+            token_mask = token_mask.to(self.device, non_blocking=True)
+
+        self.learner.train()
+        self.teacher_learner.eval() if self.teacher_learner is not self.learner else None
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_bf16()):
+            with torch.no_grad():
+                teacher_tokens = self.teacher_learner.tokens(images)
+            out = self._student_module()(
+                images[:, student_frames], token_mask, teacher_tokens, tracks, self.teacher_learner.objective
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.config.optim.grad_clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            out.metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.teacher_learner is not self.learner:
+            t = self.config.train
+            m = ema_momentum(t.ema_momentum, self.step, self.total_steps or 1, t.ema_schedule)
+            ema_update_([p for p, _ in self._ema_pairs], [q for _, q in self._ema_pairs], m)
+            self.teacher_learner.objective.after_optimizer_step()
+        self.learner.objective.after_optimizer_step()
+        return out.metrics
+
+    # ---- saving and loading ----------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"student.{k}": v for k, v in self.learner.state_dict().items()}
+        if self.teacher_learner is not self.learner:
+            tensors.update({f"teacher.{k}": v for k, v in self.teacher_learner.state_dict().items()})
+        return tensors
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights, optimizer, schedule, RNG and config to the folder ``path`` atomically."""
+        tensors = self.state_tensors()
+        state: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps}
+        if self.optimizer is not None:
+            opt_tensors, opt_meta = optimizer_to_checkpoint(self.optimizer)
+            tensors.update(opt_tensors)
+            state["optimizer"] = opt_meta
+            state["scheduler"] = self.scheduler.state_dict()
+        rng_tensors, state["rng"] = _rng_state()
+        tensors.update(rng_tensors)
+        return save_checkpoint(path, tensors, state, self.config.to_yaml())
+
+    def save_checkpoint(self, run_dir: Path) -> None:
+        if not dist.is_main_process():
+            return
+        checkpoints = run_dir / "checkpoints"
+        name = f"step_{self.step:07d}"
+        self.save(checkpoints / name)
+        update_latest(checkpoints, name, self.config.train.keep_checkpoints)
+
+    @staticmethod
+    def _find_resume_checkpoint(resume: bool | str | Path, out: Path | None) -> Path | None:
+        """The checkpoint to resume from; None when ``resume=True`` finds nothing yet."""
+        if not isinstance(resume, bool):
+            return resolve_checkpoint(resume)
+        if out is None:
+            raise ValueError("resume=True needs out_dir (or pass the checkpoint path as resume=...)")
+        if not (out / "checkpoints" / "latest").is_file():
+            return None
+        return resolve_checkpoint(out)
+
+    @classmethod
+    def load(cls, path: str | Path, **components: Any) -> "PostPretrainer":
+        """Rebuild a trainer from a checkpoint folder (or a run folder's latest).
+
+        The backbone is built without downloading weights, then every tensor is loaded
+        strictly. Pass ``backbone=``/``tracker=``/``objective=`` instances for components
+        that were not created from the registry.
+        """
+        path = resolve_checkpoint(path)
+        _, _, config_yaml = load_checkpoint(path)
+        import yaml
+
+        config = RunConfig.from_dict(yaml.safe_load(config_yaml)).with_overrides({"backbone.pretrained": False})
+        trainer = cls(config=config, **components)
+        trainer._restore(path, with_optimizer=False)
+        return trainer
+
+    def _restore(self, path: Path, with_optimizer: bool) -> None:
+        tensors, state, _ = load_checkpoint(path)
+        _load_prefixed(self.learner, tensors, "student.", path)
+        if self.teacher_learner is not self.learner:
+            _load_prefixed(self.teacher_learner, tensors, "teacher.", path)
+        self.step = int(state["step"])
+        if with_optimizer and self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(optimizer_from_checkpoint(tensors, state["optimizer"]))
+            self.scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(tensors, state["rng"])
+
+    # ---- internals -------------------------------------------------------------------------
+    def _create_backbone(self) -> Backbone:
+        cfg = self.config.backbone
+        return BACKBONES.create(cfg.name, pretrained=cfg.pretrained, **cfg.kwargs)
+
+    def _create_objective(self, backbone: Backbone) -> Objective:
+        cfg = self.config.objective
+        entry = OBJECTIVES.get(cfg.name)
+        accepted = inspect.signature(entry.factory).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        fields = cfg.model_dump(exclude={"name", "kwargs"})
+        kwargs = {k: v for k, v in fields.items() if takes_all or k in accepted}
+        return OBJECTIVES.create(cfg.name, embed_dim=backbone.embed_dim, **kwargs, **cfg.kwargs)
+
+    def _prepare_optimizer(self, total_steps: int) -> None:
+        if self.optimizer is not None and self.total_steps == total_steps:
+            return
+        groups = parameter_groups(self.learner.backbone, self.learner.objective, self.config.optim)
+        self.optimizer = build_optimizer(groups, self.config.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, total_steps, self.config.optim)
+        self.total_steps = total_steps
+        if dist.is_distributed() and not hasattr(self, "_ddp"):
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = DistributedDataParallel(self.learner)
+
+    def _student_module(self) -> torch.nn.Module:
+        return getattr(self, "_ddp", self.learner)
+
+    def _use_bf16(self) -> bool:
+        precision = self.config.train.precision
+        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
+    def _current_lrs(self) -> tuple[float, float]:
+        lrs = {g.get("name", ""): g["lr"] for g in self.optimizer.param_groups}
+        pick = lambda prefix: next((v for k, v in lrs.items() if k.startswith(prefix)), 0.0)  # noqa: E731
+        return pick("backbone"), pick("head")
+
+    def _log(self, record: dict, out: Path | None) -> None:
+        self.history.append(record)
+        if out is not None and dist.is_main_process():
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class _EpochSampler(DistributedSampler):
+    """Endless (epoch, index) stream for one process, starting at any global step.
+
+    Each epoch is DistributedSampler's seeded permutation, sharded by rank and cut to
+    whole batches, so item k of step s is the same whatever the worker count and
+    resume point. One DataLoader iterates all epochs (no worker restarts).
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, batch_size: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.steps_per_epoch = self.num_samples // batch_size
+        self.start_step = 0
+
+    def __iter__(self):
+        if self.steps_per_epoch == 0:
+            return
+        epoch, skip = divmod(self.start_step, self.steps_per_epoch)
+        while True:
+            self.set_epoch(epoch)
+            indices = list(super().__iter__())[: self.steps_per_epoch * self.batch_size]
+            for index in indices[skip * self.batch_size :]:
+                yield (epoch, index)
+            epoch, skip = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+
+class _Progress:
+    """rich progress bar with loss, throughput and ETA; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]mosic[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} clips/s"),
+                TimeRemainingColumn(),
+            )
+            self._task = self._bar.add_task("fit", total=total, completed=start, loss="-", speed="-")
+
+    def __enter__(self):
+        if self.enabled:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+    def update(self, step: int, record: dict) -> None:
+        if self.enabled:
+            self._bar.update(
+                self._task, completed=step, loss=f"{record['loss']:.4f}", speed=f"{record['clips_per_s']:.1f}"
+            )
+
+
+def _token_masks(metas: Sequence[ClipMeta], frames: int, h: int, w: int, ratio: float) -> torch.Tensor | None:
+    """(B, S, h, w) bool, True = drop; one random mask per clip from its sample seed,
+    shared by its S student frames (the paper masks all frames alike)."""
+    count = int(round(ratio * h * w))
+    if count == 0:
+        return None
+    masks = torch.zeros(len(metas), h * w, dtype=torch.bool)
+    for i, meta in enumerate(metas):
+        generator = torch.Generator().manual_seed(meta.sample_seed ^ 0x5EED)
+        masks[i, torch.randperm(h * w, generator=generator)[:count]] = True
+    return masks.view(len(metas), 1, h, w).expand(-1, frames, -1, -1)
+
+
+def _as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+    if config is None:
+        return RunConfig()
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return RunConfig.from_dict(config)
+    return RunConfig.from_file(config)
+
+
+def _describe(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_prefixed(module: torch.nn.Module, tensors: dict, prefix: str, source: Path) -> None:
+    from .backbones.weights import load_state_dict_strict
+
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    load_state_dict_strict(module, state, f"{source} ({prefix.rstrip('.')})")
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+torch.set_num_threads(2)
+
+#: a ViT small enough for CPU tests: 32 px images, 4x4 patches of 8 px
+TINY_VIT = {"patch_size": 8, "img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+def tiny_config(**overrides):
+    """A RunConfig dict for fast CPU training runs on synthetic videos."""
+    from mosic.config import RunConfig
+
+    base = {
+        "backbone": {"name": "vit-tiny", "pretrained": False, "train_blocks": 1, "kwargs": dict(TINY_VIT)},
+        "tracker": {"name": "oracle", "grid_size": 4},
+        "objective": {"name": "mosic", "head_hidden_dims": [32], "projection_dim": 16, "num_prototypes": 8},
+        "data": {"num_frames": 4, "frame_stride": 2, "size": 32, "global_batch_size": 4, "num_workers": 0},
+        "optim": {"backbone_lr": 1e-3, "head_lr": 1e-3},
+        "train": {"max_steps": 4, "log_every": 1, "checkpoint_every": 2, "progress": False, "mask_ratio": 0.25},
+    }
+    return RunConfig.from_dict(base).with_overrides(overrides)
+
+
+@pytest.fixture
+def synthetic():
+    from mosic.data.synthetic import SyntheticVideos
+
+    return SyntheticVideos(num_videos=8, num_frames=12, size=32, seed=0)
