@@ -14,7 +14,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="post-pretrain from a config file")
     fit.add_argument("--config", help="YAML/JSON RunConfig (default: the paper's defaults)")
-    fit.add_argument("--videos", required=True, help="folder of videos or frame folders, or a video file")
+    fit.add_argument("--videos", help="folder of videos or frame folders, a video file, or 'synthetic:num_videos=64' (default: data.videos)")
     fit.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
     fit.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
 
@@ -35,6 +35,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # user errors: a message, not a traceback
+        print(f"mosic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         import mosic
 

@@ -57,6 +57,10 @@ class ObjectiveConfig(_Section):
 
 
 class DataConfig(_Section):
+    videos: str | list[str] | None = Field(
+        None,
+        description="folder of videos or frame folders, video files, or 'synthetic:num_videos=64,size=64'",
+    )
     num_frames: int = Field(12, ge=2, description="frames per clip (paper: 12)")
     frame_stride: int = Field(6, ge=1, description="source frames between clip frames (authors: 6, ~2.2 s at 30 fps)")
     size: int = Field(224, ge=8, description="training view size in pixels (square)")

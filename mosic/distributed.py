@@ -27,18 +27,19 @@ def is_main_process() -> bool:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes (returns a new tensor; the input is left untouched)."""
-    if not is_distributed():
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return _all_reduce(tensor, "SUM")
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over processes (returns a new tensor)."""
+    return _all_reduce(tensor, "MAX")
+
+
+def _all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
     if not is_distributed():
         return tensor
     out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
     return out
 
 

@@ -116,7 +116,7 @@ class PostPretrainer:
 
     def fit(
         self,
-        videos: Any,
+        videos: Any = None,
         max_steps: int | None = None,
         epochs: int | None = None,
         out_dir: str | Path | None = None,
@@ -125,7 +125,7 @@ class PostPretrainer:
     ) -> "PostPretrainer":
         """Train on ``videos``: a folder of video files, a folder of frame folders
         (YouTube-VOS/DAVIS ``JPEGImages`` layout), a list of paths, or a dataset object
-        such as :class:`mosic.data.SyntheticVideos`.
+        such as :class:`mosic.data.SyntheticVideos`; None uses ``data.videos`` of the config.
 
         ``resume=True`` continues from the newest checkpoint in ``out_dir`` (a path
         names a checkpoint); the result equals an uninterrupted run. ``callbacks`` are
@@ -141,6 +141,14 @@ class PostPretrainer:
             self.config = self.config.with_overrides({f"train.{k}": v for k, v in overrides.items()})
             train = self.config.train
         data = self.config.data
+        if videos is None:
+            if data.videos is None:
+                raise ValueError("fit() needs videos, or data.videos in the config")
+            videos = data.videos
+        elif isinstance(videos, (str, Path)) or (isinstance(videos, list) and all(isinstance(v, (str, Path)) for v in videos)):
+            record = str(videos) if isinstance(videos, (str, Path)) else [str(v) for v in videos]
+            self.config = self.config.with_overrides({"data.videos": record})
+            data = self.config.data
         source = open_videos(videos, backend=data.backend)
         dataset = ClipDataset(
             source, data.num_frames, data.frame_stride, data.size, data.crop_scale, data.flip_probability, train.seed

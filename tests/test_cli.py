@@ -1,6 +1,8 @@
+import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from mosic.cli import main
@@ -15,16 +17,40 @@ def test_list_and_config(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["train"]["max_steps"] == 3
 
 
-def test_fit_from_a_config_file_on_synthetic_videos_errors_clearly_on_real_ones(tmp_path):
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mosic.cli", *args], capture_output=True, text=True)
+
+
+def test_fit_from_a_config_file_with_overrides_then_resume(tmp_path):
     from conftest import tiny_config
 
-    cfg = tiny_config(**{"train.out_dir": str(tmp_path / "run")})
+    cfg = tiny_config(**{"data.videos": "synthetic:num_videos=8,num_frames=12,size=32"})
     cfg.save(tmp_path / "run.yaml")
+    out = tmp_path / "run"
+    result = run_cli("fit", "--config", str(tmp_path / "run.yaml"), f"train.out_dir={out}", "train.max_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: 2 steps" in result.stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 2
+    result = run_cli("fit", "--config", str(tmp_path / "run.yaml"), f"train.out_dir={out}", "train.max_steps=3", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_fit_errors_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "mosic.cli", "fit", "--config", str(tmp_path / "run.yaml"), "--videos", str(tmp_path / "empty")],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("fit", "--videos", str(tmp_path / "empty"), "backbone.pretrained=false", "backbone.name=vit-tiny")
     assert result.returncode != 0
     assert "neither" in result.stderr or "no video" in result.stderr.lower(), result.stderr[-2000:]
+    result = run_cli("fit", "train.max_stepz=3")
+    assert result.returncode != 0 and "did you mean max_steps" in result.stderr
+
+
+def test_synthetic_spec_errors():
+    from mosic.data import open_videos
+
+    assert len(open_videos("synthetic:num_videos=3,size=16")) == 3
+    with pytest.raises(ValueError, match="key=integer"):
+        open_videos("synthetic:num_videos")
+    with pytest.raises(ValueError, match="bad synthetic spec"):
+        open_videos("synthetic:colour=3")

@@ -569,7 +569,9 @@ def open_videos(
     Args:
         videos: a VideoSource (returned as is); a video file; a folder of video files; a frame
             folder; a folder of frame folders or a YouTube-VOS / DAVIS root (``JPEGImages`` is
-            found automatically); or a list of any of these, concatenated in order.
+            found automatically); ``"synthetic:num_videos=64,size=64,seed=0"`` for
+            :class:`~mosic.data.SyntheticVideos` (handy in configs and on the command
+            line); or a list of any of these, concatenated in order.
         backend: video decoder for files, see :func:`make_backend`.
         extensions: video file suffixes accepted (case-insensitive).
     Returns:
@@ -579,6 +581,10 @@ def open_videos(
         raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(videos, VideoSource):
         return videos
+    if isinstance(videos, str) and videos.startswith("synthetic:"):
+        from .synthetic import SyntheticVideos
+
+        return SyntheticVideos.from_spec(videos)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if isinstance(videos, (str, os.PathLike)):
         items: list = _resolve(Path(videos), exts)

@@ -397,6 +397,21 @@ class SyntheticVideos:
         color_jitter: per-object uniform jitter of the class colours (RGB in [0, 1]).
     """
 
+    @classmethod
+    def from_spec(cls, spec: str) -> "SyntheticVideos":
+        """Build from ``"synthetic:num_videos=64,size=64,seed=0"`` (any ``__init__`` integers)."""
+        body = spec.split(":", 1)[1] if spec.startswith("synthetic:") else spec
+        kwargs = {}
+        for item in filter(None, (part.strip() for part in body.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not value.strip().lstrip("-").isdigit():
+                raise ValueError(f"bad synthetic spec item {item!r} in {spec!r}; expected key=integer, e.g. num_videos=64")
+            kwargs[key.strip()] = int(value)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"bad synthetic spec {spec!r}: {exc}") from None
+
     def __init__(self, num_videos: int = 16, num_frames: int = 24, size: int | tuple[int, int] = 64,
                  seed: int = 0, num_classes: int = 4, objects_per_video: int | tuple[int, int] = (2, 4),
                  camera_motion: bool = True, color_jitter: float = 0.15):
