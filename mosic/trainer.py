@@ -235,7 +235,8 @@ class PostPretrainer:
             token_mask = token_mask.to(self.device, non_blocking=True)
 
         self.learner.train()
-        self.teacher_learner.eval() if self.teacher_learner is not self.learner else None
+        if self.teacher_learner is not self.learner:
+            self.teacher_learner.eval()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_bf16()):
             with torch.no_grad():
                 teacher_tokens = self.teacher_learner.tokens(images)
@@ -359,8 +360,7 @@ class PostPretrainer:
 
     def _current_lrs(self) -> tuple[float, float]:
         lrs = {g.get("name", ""): g["lr"] for g in self.optimizer.param_groups}
-        pick = lambda prefix: next((v for k, v in lrs.items() if k.startswith(prefix)), 0.0)  # noqa: E731
-        return pick("backbone"), pick("head")
+        return lrs.get("backbone", lrs.get("backbone_no_decay", 0.0)), lrs.get("head", lrs.get("head_no_decay", 0.0))
 
     def _log(self, record: dict, out: Path | None) -> None:
         self.history.append(record)
