@@ -42,13 +42,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Train, evaluate before/after, write ``demo_results.json``; returns the results."""
-    import torch
-
     from .data.synthetic import SyntheticVideos
     from .eval.clustering import evaluate_video_clustering
     from .trainer import PostPretrainer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir = Path(out_dir)
     config = demo_config(steps, out_dir).with_overrides({"train.progress": progress})
     size = config.data.size

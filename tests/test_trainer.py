@@ -84,6 +84,11 @@ def test_fit_writes_checkpoints_metrics_and_loads_back(tmp_path, synthetic):
     assert loaded.config == trainer.config.with_overrides({"backbone.pretrained": False})
 
 
+def test_fit_with_the_progress_bar(synthetic):
+    trainer = make_trainer(**{"train.progress": True, "train.max_steps": 2}).fit(synthetic)
+    assert trainer.step == 2 and len(trainer.history) == 2
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, synthetic):
     full = make_trainer(**{"train.max_steps": 6}).fit(synthetic, out_dir=tmp_path / "full")
 

@@ -128,7 +128,7 @@ class MoSiCObjective(Objective):
             agree = ((logits.argmax(-1).unsqueeze(1) == targets).float() * weights).sum()
             used_clusters = torch.zeros(logits.shape[-1], device=logits.device)
             used_clusters.index_add_(0, targets[used], torch.ones_like(targets[used], dtype=torch.float32))
-            stats = dist.all_reduce_sum(torch.stack([loss_sum.detach(), agree, weights.sum(), weights.numel() * torch.ones_like(agree)]))
+            stats = dist.all_reduce_sum(torch.stack([loss_sum.detach(), agree, weights.sum(), agree.new_tensor(weights.numel())]))
             used_clusters = dist.all_reduce_sum(used_clusters)
             metrics = {
                 "loss": stats[0] / global_count,
