@@ -30,7 +30,7 @@ CONFIG = "config.yaml"
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not fit the model."""
 
 

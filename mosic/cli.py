@@ -1,4 +1,4 @@
-"""The ``mosic`` command line: fit, demo, list."""
+"""The ``mosic`` command line: fit, demo, list, config, export."""
 
 from __future__ import annotations
 
@@ -25,19 +25,33 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", choices=["backbones", "trackers", "objectives"])
+    lst.add_argument("-v", "--verbose", action="store_true", help="print each backbone's card and parameter count")
     lst.add_argument("pattern", nargs="?", help="glob filter, e.g. 'dinov2*'")
 
     show = sub.add_parser("config", help="print the default (or a given) config as YAML")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
+
+    export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
+    export.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
+    export.add_argument("out", help="output folder")
+    export.add_argument("--format", choices=["timm", "hf", "torchhub"], default="timm")
+    export.add_argument("--model", choices=["teacher", "student"], default="teacher", help="the paper evaluates the teacher")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "list" and args.pattern is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.pattern, extra = extra[0], []  # `mosic list backbones -v 'dino*'`
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .backbones.base import WeightsUnavailableError
+
     try:
         return _run(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:  # user errors: a message, not a traceback
+    except (ValueError, KeyError, FileNotFoundError, WeightsUnavailableError) as exc:  # user errors: a message, not a traceback
         print(f"mosic {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -48,7 +62,16 @@ def _run(args: argparse.Namespace) -> int:
 
         lister = {"backbones": mosic.list_backbones, "trackers": mosic.list_trackers, "objectives": mosic.list_objectives}
         for name in lister[args.kind](args.pattern):
-            print(name)
+            if args.verbose and args.kind == "backbones":
+                print(_backbone_summary(name))
+            else:
+                print(name)
+        return 0
+    if args.command == "export":
+        from .export import export_backbone
+
+        out = export_backbone(args.run, args.out, format=args.format, model=args.model)
+        print(f"wrote the {args.model} in {args.format} format to {out}; how to load it: {out / 'mosic.json'}")
         return 0
     if args.command == "config":
         config = RunConfig.from_file(args.config) if args.config else RunConfig()
@@ -70,6 +93,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"done: {trainer.step} steps; run folder {where}")
         return 0
     return 2
+
+
+def _backbone_summary(name: str) -> str:
+    """A backbone's card plus its parameter count (built on the meta device: no memory, no download)."""
+    import warnings
+
+    import torch
+
+    from .backbones.base import BACKBONES
+
+    card = BACKBONES.card(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            count = sum(p.numel() for p in BACKBONES.create(name, pretrained=False).parameters())
+    text = card.summary() if card is not None else f"{name}: (no card)"
+    return f"{text}\n  parameters: {count / 1e6:.1f} M\n"
 
 
 if __name__ == "__main__":

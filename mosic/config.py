@@ -26,7 +26,14 @@ class _Section(BaseModel):
 
 class BackboneConfig(_Section):
     name: str = Field("dinov2-s14", description="registered backbone name, see `mosic list backbones`")
-    pretrained: bool | str = Field(True, description="True: hub download; False: random init; str: local weights file")
+    pretrained: bool | str = Field(
+        True,
+        description="True: the provider's hub download; False: random init; str: a local weights file "
+        "(timm, HF, open_clip, torch.hub or MoSiC/NeCo/TimeTuning keys, detected)",
+    )
+    source: Literal["timm", "hf", "open_clip"] | None = Field(
+        None, description="provider of a registered backbone (None: the card's default, timm)"
+    )
     train_blocks: int | Literal["all"] = Field(2, description="train the last N blocks (+ final norm) or 'all'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the backbone factory")
 

@@ -328,7 +328,8 @@ class PostPretrainer:
     # ---- internals -------------------------------------------------------------------------
     def _create_backbone(self) -> Backbone:
         cfg = self.config.backbone
-        return BACKBONES.create(cfg.name, pretrained=cfg.pretrained, **cfg.kwargs)
+        source = {} if cfg.source is None else {"source": cfg.source}
+        return BACKBONES.create(cfg.name, pretrained=cfg.pretrained, **source, **cfg.kwargs)
 
     def _create_objective(self, backbone: Backbone) -> Objective:
         cfg = self.config.objective

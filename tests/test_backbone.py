@@ -96,4 +96,4 @@ def test_pickles_with_code_are_refused(tmp_path):
 def test_offline_hub_download_says_how_to_use_a_local_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="pretrained='/path/to/weights.safetensors'"):
-        mosic.create_backbone("vit-tiny", pretrained=True, **TINY_VIT)
+        mosic.create_backbone("vit-tiny", pretrained=True)

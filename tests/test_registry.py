@@ -11,7 +11,7 @@ def test_builtin_names_are_listed():
     assert {"vit-tiny", "dinov2-s14"} <= set(mosic.list_backbones())
     assert "oracle" in mosic.list_trackers()
     assert {"mosic", "mosic-propagated"} <= set(mosic.list_objectives())
-    assert mosic.list_backbones("dinov2*") == ["dinov2-s14"]
+    assert mosic.list_backbones("dinov2-*") == ["dinov2-b14", "dinov2-g14", "dinov2-l14", "dinov2-s14"]
 
 
 def test_unknown_name_lists_close_matches():

@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .card import BackboneCard, ViTSpec
 
 TrainBlocks = int | Literal["all"]
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (offline, no access); the message says how
+    to pass a local file instead."""
 
 
 class Backbone(nn.Module, ABC):
@@ -18,7 +24,10 @@ class Backbone(nn.Module, ABC):
 
     Subclasses set ``patch_size``, ``embed_dim``, ``num_prefix_tokens`` (CLS + registers),
     ``mean``/``std`` (normalisation of [0, 1] RGB) and implement :meth:`patch_tokens`
-    and :meth:`blocks_in_order`.
+    and :meth:`blocks_in_order`. Backbones built from the registry also carry their
+    ``card`` (what the name is) and ``spec`` (the architecture actually built), and name
+    the key format of :meth:`weights_module`'s state dict in ``weight_format``
+    (``"timm"``, ``"hf"`` or ``"open_clip"``; see :mod:`mosic.backbones.formats`).
     """
 
     patch_size: int
@@ -26,6 +35,9 @@ class Backbone(nn.Module, ABC):
     num_prefix_tokens: int
     mean: Sequence[float] = (0.485, 0.456, 0.406)
     std: Sequence[float] = (0.229, 0.224, 0.225)
+    card: BackboneCard | None = None
+    spec: ViTSpec | None = None
+    weight_format: str | None = None
 
     @abstractmethod
     def patch_tokens(self, images: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,6 +60,18 @@ class Backbone(nn.Module, ABC):
     def head_modules(self) -> Sequence[nn.Module]:
         """Modules after the last block that train with it (the final norm)."""
         return []
+
+    def weights_module(self) -> nn.Module:
+        """The module whose state dict is in ``weight_format`` (what weight files load into)."""
+        return self
+
+    def load_weights(self, path, strict: bool = True, prefix: str | None = None):
+        """Load a local weights file in any supported key format (detected); ``prefix``
+        picks one backbone from a file holding several. Returns a ``LoadReport``; see
+        :func:`mosic.backbones.formats.load_backbone_weights`."""
+        from .formats import load_backbone_weights
+
+        return load_backbone_weights(self, path, strict=strict, prefix=prefix)
 
     def forward(self, images: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.patch_tokens(images, token_mask)

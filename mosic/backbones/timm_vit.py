@@ -1,4 +1,4 @@
-"""Vision Transformers from timm (``vit-tiny`` for tests and demos, ``dinov2-s14``)."""
+"""The timm provider: ``VisionTransformer`` (DINO, DINOv2, DINOv2-R) and ``Eva`` (EVA-02 CLIP)."""
 
 from __future__ import annotations
 
@@ -8,55 +8,58 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import Backbone, register_backbone
-from .weights import load_state_dict_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .base import Backbone, WeightsUnavailableError
+from .card import IMAGENET_MEAN, IMAGENET_STD, ViTSpec
 
 
-@register_backbone("vit-tiny", arch="vit_tiny_patch16_224", img_size=224)
-@register_backbone("vit-small", arch="vit_small_patch16_224", img_size=224)
-@register_backbone("dinov2-s14", arch="vit_small_patch14_dinov2.lvd142m", img_size=518)
 class TimmViT(Backbone):
-    """A timm ``VisionTransformer`` exposing patch tokens.
+    """A timm ``VisionTransformer`` or ``Eva`` exposing patch tokens.
 
     Args:
         arch: timm model name (with optional pretrained tag, ``name.tag``).
         pretrained: False (random init), True (timm's hub download) or a path to a
-            local ``.safetensors``/``.pth`` state dict in timm's key format.
+            local weights file in any format :mod:`mosic.backbones.formats` detects.
         img_size: native resolution of the position embedding; any input size
-            divisible by the patch size works (position embeddings are interpolated).
+            divisible by the patch size works (position embeddings are interpolated,
+            EVA's rotary embedding is rebuilt for the input grid).
         **timm_kwargs: forwarded to ``timm.create_model`` (``patch_size``, ``depth``,
             ``embed_dim``, ``num_heads``... to make small test models).
     """
 
-    def __init__(self, arch: str, pretrained: bool | str | Path = False, img_size: int = 224, **timm_kwargs: Any):
+    weight_format = "timm"
+
+    def __init__(self, arch: str, pretrained: bool | str | Path = False, img_size: int | None = None, **timm_kwargs: Any):
         super().__init__()
         import timm
 
         self.arch = arch
         hub = pretrained is True
+        if img_size is not None:
+            timm_kwargs["img_size"] = img_size
         try:
-            self.model = timm.create_model(
-                arch, pretrained=hub, num_classes=0, img_size=img_size, dynamic_img_size=True, **timm_kwargs
-            )
+            self.model = timm.create_model(arch, pretrained=hub, num_classes=0, dynamic_img_size=True, **timm_kwargs)
         except Exception as exc:
             if not hub:
                 raise
-            raise RuntimeError(
+            raise WeightsUnavailableError(
                 f"could not download pretrained weights for timm model {arch!r} ({type(exc).__name__}: {exc}). "
                 "Offline? Pass a local weights file instead: pretrained='/path/to/weights.safetensors' "
-                "(or .pth), or pretrained=False for random initialisation."
+                "(or .pth; timm, HF, open_clip, torch.hub and MoSiC/NeCo key formats are detected), "
+                "or pretrained=False for random initialisation."
             ) from exc
-        if isinstance(pretrained, (str, Path)):
-            load_state_dict_file(self.model, pretrained)
-        self.patch_size = int(self.model.patch_embed.patch_size[0])
-        self.embed_dim = int(self.model.embed_dim)
+        self.is_eva = type(self.model).__name__ == "Eva"
+        self.spec = spec_of_timm_model(self.model)
+        self.patch_size = self.spec.patch_size
+        self.embed_dim = self.spec.embed_dim
         self.num_prefix_tokens = int(self.model.num_prefix_tokens)
         data_config = getattr(self.model, "pretrained_cfg", {}) or {}
         self.mean = tuple(data_config.get("mean", IMAGENET_MEAN))
         self.std = tuple(data_config.get("std", IMAGENET_STD))
+        if isinstance(pretrained, (str, Path)):
+            self.load_weights(pretrained)
+
+    def weights_module(self) -> nn.Module:
+        return self.model
 
     def blocks_in_order(self) -> Sequence[nn.Module]:
         return list(self.model.blocks)
@@ -70,7 +73,11 @@ class TimmViT(Backbone):
         b = images.shape[0]
         h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
         x = m.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
-        x = m._pos_embed(x)  # (B, P + h*w, D)
+        rope = None
+        if self.is_eva:
+            x, rope = m._pos_embed(x)  # rope: (h*w, d) rotary table for this grid, or None
+        else:
+            x = m._pos_embed(x)  # (B, P + h*w, D)
         x = m.norm_pre(x)
         p = self.num_prefix_tokens
         keep = None
@@ -78,12 +85,40 @@ class TimmViT(Backbone):
             keep = _kept_indices(token_mask, b, h, w)  # (B, L_keep)
             gather = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
             x = torch.cat([x[:, :p], torch.gather(x[:, p:], 1, gather)], dim=1)
-        x = m.blocks(x)
+            if rope is not None:  # per-image rotary rows of the kept tokens, (B, 1, L_keep, d)
+                rope = rope[keep].unsqueeze(1)
+        if self.is_eva:
+            for block in m.blocks:
+                x = block(x, rope=rope)
+        else:
+            x = m.blocks(x)
         x = m.norm(x)[:, p:]
         if keep is not None:
             full = x.new_zeros(b, h * w, x.shape[-1])
             x = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         return x.reshape(b, h, w, -1)
+
+
+def spec_of_timm_model(model: nn.Module) -> ViTSpec:
+    """The :class:`ViTSpec` of a built timm ``VisionTransformer`` or ``Eva``."""
+    is_eva = type(model).__name__ == "Eva"
+    block = model.blocks[0]
+    mlp = type(block.mlp).__name__
+    has_cls = getattr(model, "cls_token", None) is not None
+    if not has_cls:
+        raise ValueError(f"{type(model).__name__} without a CLS token is not supported")
+    ls = getattr(block, "ls1", None)
+    return ViTSpec(
+        kind="eva" if is_eva else "vit",
+        patch_size=int(model.patch_embed.patch_size[0]),
+        embed_dim=int(model.embed_dim),
+        depth=len(model.blocks),
+        num_heads=int(block.attn.num_heads),
+        img_size=int(model.patch_embed.img_size[0]),
+        num_registers=int(model.num_prefix_tokens) - 1,
+        mlp="swiglu" if mlp in ("GluMlp", "SwiGLU", "SwiGLUPacked") else "gelu",
+        layer_scale=ls is not None and not isinstance(ls, nn.Identity),
+    )
 
 
 def _kept_indices(token_mask: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:

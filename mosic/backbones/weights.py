@@ -46,8 +46,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error that lists the problems."""
+def load_state_dict_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str | None = None
+) -> None:
+    """``model.load_state_dict(state, strict=True)`` with an error that lists the problems.
+
+    ``hint`` ends the error message (by default: check the architecture and the key format).
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -62,7 +67,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
                 parts.append(f"  {title} keys: {shown}")
-        parts.append("Check that the architecture matches the checkpoint and that the file is in timm's key format.")
+        parts.append(
+            hint
+            or f"Check that the architecture matches the checkpoint and that the file is in {type(model).__name__}'s "
+            "key format (Backbone.load_weights detects and converts the formats of mosic.backbones.formats)."
+        )
         raise ValueError("\n".join(parts))
     model.load_state_dict(state, strict=True)
 
