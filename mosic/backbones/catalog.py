@@ -34,31 +34,19 @@ _SIZES = {  # letter: (timm word, HF word, embed_dim, depth, heads)
 def _cards() -> list[BackboneCard]:
     cards = [
         BackboneCard(
-            name="vit-tiny",
+            name=f"vit-{word}",
             family="vit",
-            architecture="ViT-Ti/16",
-            spec=ViTSpec(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=224),
+            architecture=f"ViT-{short}/16",
+            spec=ViTSpec(patch_size=16, embed_dim=dim, depth=12, num_heads=heads, img_size=224),
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
-            sources={"timm": "vit_tiny_patch16_224"},
+            sources={"timm": f"vit_{word}_patch16_224"},
             weights="timm's supervised ImageNet-21k/1k weights (augreg)",
             licence="Apache-2.0",
             paper="Steiner et al., How to train your ViT?, TMLR 2022 (arXiv:2106.10270)",
             notes="Not self-supervised: used with pretrained=False and small overrides for tests and the demo.",
-        ),
-        BackboneCard(
-            name="vit-small",
-            family="vit",
-            architecture="ViT-S/16",
-            spec=ViTSpec(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=224),
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            sources={"timm": "vit_small_patch16_224"},
-            weights="timm's supervised ImageNet-21k/1k weights (augreg)",
-            licence="Apache-2.0",
-            paper="Steiner et al., How to train your ViT?, TMLR 2022 (arXiv:2106.10270)",
-            notes="Not self-supervised: a test and demo model.",
-        ),
+        )
+        for word, short, dim, heads in (("tiny", "Ti", 192, 3), ("small", "S", 384, 6))
     ]
     for letter in ("s", "b"):
         word, _, dim, depth, heads = _SIZES[letter]

@@ -11,7 +11,7 @@ from torch import nn
 
 from .base import Backbone, TrainBlocks, WeightsUnavailableError
 from .card import IMAGENET_MEAN, IMAGENET_STD, ViTSpec
-from .timm_vit import _kept_indices
+from .token_drop import drop_tokens, kept_indices, restore_tokens
 
 
 class HFDinov2(Backbone):
@@ -101,14 +101,12 @@ class HFDinov2(Backbone):
         p = self.num_prefix_tokens
         keep = None
         if token_mask is not None:
-            keep = _kept_indices(token_mask, b, h, w)  # (B, L_keep)
-            gather = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-            x = torch.cat([x[:, :p], torch.gather(x[:, p:], 1, gather)], dim=1)
+            keep = kept_indices(token_mask, b, h, w)  # (B, L_keep)
+            x = drop_tokens(x, keep, p)
         x = m.encoder(x).last_hidden_state
         x = m.layernorm(x)[:, p:]
         if keep is not None:
-            full = x.new_zeros(b, h * w, x.shape[-1])
-            x = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+            x = restore_tokens(x, keep, h * w)
         return x.reshape(b, h, w, -1)
 
 

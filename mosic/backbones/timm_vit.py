@@ -10,6 +10,7 @@ from torch import nn
 
 from .base import Backbone, WeightsUnavailableError
 from .card import IMAGENET_MEAN, IMAGENET_STD, ViTSpec
+from .token_drop import drop_tokens, kept_indices, restore_tokens
 
 
 class TimmViT(Backbone):
@@ -82,9 +83,8 @@ class TimmViT(Backbone):
         p = self.num_prefix_tokens
         keep = None
         if token_mask is not None:
-            keep = _kept_indices(token_mask, b, h, w)  # (B, L_keep)
-            gather = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-            x = torch.cat([x[:, :p], torch.gather(x[:, p:], 1, gather)], dim=1)
+            keep = kept_indices(token_mask, b, h, w)  # (B, L_keep)
+            x = drop_tokens(x, keep, p)
             if rope is not None:  # per-image rotary rows of the kept tokens, (B, 1, L_keep, d)
                 rope = rope[keep].unsqueeze(1)
         if self.is_eva:
@@ -94,8 +94,7 @@ class TimmViT(Backbone):
             x = m.blocks(x)
         x = m.norm(x)[:, p:]
         if keep is not None:
-            full = x.new_zeros(b, h * w, x.shape[-1])
-            x = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+            x = restore_tokens(x, keep, h * w)
         return x.reshape(b, h, w, -1)
 
 
@@ -119,19 +118,3 @@ def spec_of_timm_model(model: nn.Module) -> ViTSpec:
         mlp="swiglu" if mlp in ("GluMlp", "SwiGLU", "SwiGLUPacked") else "gelu",
         layer_scale=ls is not None and not isinstance(ls, nn.Identity),
     )
-
-
-def _kept_indices(token_mask: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-    """Indices (B, L_keep) of tokens with mask False; every row must keep the same count."""
-    if token_mask.shape != (b, h, w) or token_mask.dtype != torch.bool:
-        raise ValueError(
-            f"token_mask must be a bool tensor of shape (B, h, w) = {(b, h, w)}, "
-            f"got {token_mask.dtype} {tuple(token_mask.shape)}"
-        )
-    kept = ~token_mask.reshape(b, h * w)
-    counts = kept.sum(1)
-    if not bool((counts == counts[0]).all()):
-        raise ValueError("token_mask must drop the same number of tokens in every image")
-    # stable sort puts kept positions first, in increasing order
-    order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
-    return order[:, : int(counts[0])]
