@@ -32,6 +32,20 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
 
+    track = sub.add_parser("track", help="precompute tracks once per video (a track cache for training)")
+    track.add_argument("videos", help="folder of videos or frame folders, a video file, or 'synthetic:...'")
+    track.add_argument("--out", required=True, help="cache folder")
+    track.add_argument("--config", help="RunConfig whose tracker and data settings to use (default: the paper's)")
+    track.add_argument("--tracker", help="registered tracker (default: the config's tracker.name)")
+    track.add_argument("--weights", help="local tracker weights file (default: the tracker's own download)")
+    track.add_argument("--grid", type=int, help="G of the G x G source-frame grid (default: dense enough for the smallest crop)")
+    track.add_argument("--start-step", type=int, help="frames between cached clip starts (default: data.frame_stride)")
+    track.add_argument("--track-size", type=int, default=384, help="shorter side frames are resized to (never upscaled)")
+    track.add_argument("--batch-size", type=int, default=8, help="clips tracked together")
+    track.add_argument("--device", default="auto")
+    track.add_argument("--no-progress", action="store_true")
+    track.add_argument("overrides", nargs="*", help="config overrides, e.g. data.num_frames=12")
+
     export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
     export.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
     export.add_argument("out", help="output folder")
@@ -45,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "list" and args.pattern is None and len(extra) == 1 and not extra[0].startswith("-"):
         args.pattern, extra = extra[0], []  # `mosic list backbones -v 'dino*'`
+    if hasattr(args, "overrides") and extra and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides, extra = [*args.overrides, *extra], []  # overrides after options
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .backbones.base import WeightsUnavailableError
@@ -67,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 print(name)
         return 0
+    if args.command == "track":
+        return _track(args)
     if args.command == "export":
         from .export import export_backbone
 
@@ -93,6 +111,43 @@ def _run(args: argparse.Namespace) -> int:
         print(f"done: {trainer.step} steps; run folder {where}")
         return 0
     return 2
+
+
+def _track(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .data.readers import open_videos
+    from .trackers.base import TRACKERS
+    from .trackers.cache import CacheSettings, default_cache_grid, weights_digest, write_track_cache
+
+    config = (RunConfig.from_file(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
+    name = args.tracker or config.tracker.name
+    kwargs = dict(config.tracker.kwargs)
+    if args.weights:
+        kwargs["weights"] = args.weights
+    weights = kwargs.get("weights")
+    settings = CacheSettings(
+        tracker=name,
+        weights=weights_digest(weights) if isinstance(weights, str) else ("none" if weights is None else str(weights)),
+        grid_size=args.grid or default_cache_grid(config.tracker.grid_size, config.data.crop_scale[0]),
+        num_frames=config.data.num_frames,
+        frame_stride=config.data.frame_stride,
+        start_step=args.start_step or config.data.frame_stride,
+        track_size=args.track_size,
+    )
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    source = open_videos(args.videos, backend=config.data.backend)
+    tracker = TRACKERS.create(name, **kwargs)
+    started = time.perf_counter()
+    out = write_track_cache(source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    print(
+        f"tracked {len(source)} videos with {name} in {time.perf_counter() - started:.1f} s "
+        f"({settings.grid_size}x{settings.grid_size} points per clip start); "
+        f"train with: tracker.name={name} tracker.cache={out}"
+    )
+    return 0
 
 
 def _backbone_summary(name: str) -> str:

@@ -44,7 +44,11 @@ class TrackerConfig(_Section):
         description="registered tracker; 'oracle' (synthetic ground truth) until the learned trackers land",
     )
     grid_size: int = Field(16, ge=1, description="G of the G x G query grid on frame 0 (paper: 16)")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    cache: str | None = Field(
+        None,
+        description="a track cache from `mosic track` (tracks computed once per video); None tracks inside every step",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="tracker arguments, e.g. weights: /path/scaled_offline.pth")
 
 
 class ObjectiveConfig(_Section):

@@ -84,10 +84,9 @@ class PostPretrainer:
         backbone_module = backbone if isinstance(backbone, Backbone) else self._create_backbone()
         backbone_module.set_trainable(self.config.backbone.train_blocks)
         objective_module = objective if isinstance(objective, Objective) else self._create_objective(backbone_module)
-        self.tracker: Tracker = tracker if isinstance(tracker, Tracker) else TRACKERS.create(
-            self.config.tracker.name, **self.config.tracker.kwargs
-        )
-        self.tracker.to(self.device)
+        self._tracker: Tracker | None = tracker if isinstance(tracker, Tracker) else None
+        if self._tracker is not None:
+            self._tracker.to(self.device)
 
         self.learner = Learner(backbone_module, objective_module).to(self.device)
         if self.config.train.ema:
@@ -151,7 +150,14 @@ class PostPretrainer:
             data = self.config.data
         source = open_videos(videos, backend=data.backend)
         dataset = ClipDataset(
-            source, data.num_frames, data.frame_stride, data.size, data.crop_scale, data.flip_probability, train.seed
+            source,
+            data.num_frames,
+            data.frame_stride,
+            data.size,
+            data.crop_scale,
+            data.flip_probability,
+            train.seed,
+            track_cache=self._open_track_cache(source),
         )
         world = dist.world_size()
         if data.global_batch_size % world:
@@ -212,6 +218,14 @@ class PostPretrainer:
                 if last:
                     break
         return self
+
+    @property
+    def tracker(self) -> Tracker:
+        """The tracker run inside the step; built on first use (never with a track cache)."""
+        if self._tracker is None:
+            cfg = self.config.tracker
+            self._tracker = TRACKERS.create(cfg.name, **cfg.kwargs).to(self.device)
+        return self._tracker
 
     @torch.no_grad()
     def _tracks_for(self, frames: torch.Tensor, metas: list[ClipMeta]) -> Tracks:
@@ -326,6 +340,21 @@ class PostPretrainer:
             _set_rng_state(tensors, state["rng"])
 
     # ---- internals -------------------------------------------------------------------------
+    def _open_track_cache(self, source):
+        cfg = self.config.tracker
+        if cfg.cache is None:
+            return None
+        from .trackers.cache import TrackCache, weights_digest
+
+        expect = {
+            "tracker": cfg.name,
+            "num_frames": self.config.data.num_frames,
+            "frame_stride": self.config.data.frame_stride,
+        }
+        if isinstance(cfg.kwargs.get("weights"), str):
+            expect["weights"] = weights_digest(cfg.kwargs["weights"])
+        return TrackCache(cfg.cache, source, expect)
+
     def _create_backbone(self) -> Backbone:
         cfg = self.config.backbone
         source = {} if cfg.source is None else {"source": cfg.source}

@@ -38,6 +38,11 @@ class ClipMeta:
     ground_truth: GroundTruth | None = None
 
 
+def effective_stride(num_available: int, num_frames: int, stride: int) -> int:
+    """``stride``, or the largest stride that fits a clip of ``num_frames`` into a short video."""
+    return max(1, min(stride, (num_available - 1) // max(1, num_frames - 1)))
+
+
 def clip_frame_indices(
     num_available: int, num_frames: int, stride: int, rng: np.random.Generator, video: str = "video"
 ) -> list[int]:
@@ -51,7 +56,7 @@ def clip_frame_indices(
             f"{video} has {num_available} frames but a clip needs {num_frames}; "
             "lower data.num_frames or remove the video"
         )
-    stride = max(1, min(stride, (num_available - 1) // max(1, num_frames - 1)))
+    stride = effective_stride(num_available, num_frames, stride)
     span = stride * (num_frames - 1) + 1
     start = int(rng.integers(0, num_available - span + 1))
     return [start + stride * k for k in range(num_frames)]
@@ -64,7 +69,9 @@ class ClipDataset(Dataset):
     :meth:`set_epoch`) is a deterministic function of (seed, e, i): the same clip and
     view whatever the worker count, process count or resume point.
 
-    Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta}``.
+    Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta}``. With a
+    ``track_cache`` (:class:`mosic.trackers.cache.TrackCache`) clips start at the cached
+    starts and the dict also holds ``"tracks"``: the cached tracks mapped into the view.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class ClipDataset(Dataset):
         crop_scale: tuple[float, float] = (0.4, 1.0),
         flip_probability: float = 0.0,
         seed: int = 0,
+        track_cache: Any = None,
     ):
         if len(source) == 0:
             raise ValueError("the video source is empty")
@@ -86,6 +94,7 @@ class ClipDataset(Dataset):
         self.crop_scale = tuple(crop_scale)
         self.flip_probability = flip_probability
         self.seed = seed
+        self.track_cache = track_cache
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -102,18 +111,34 @@ class ClipDataset(Dataset):
         seed = self.sample_seed(epoch, index)
         rng = np.random.default_rng(seed)
         name = self.source.video_name(index)
-        frame_indices = clip_frame_indices(self.source.num_frames(index), self.num_frames, self.frame_stride, rng, name)
+        cache = self.track_cache
+        if cache is None:
+            frame_indices = clip_frame_indices(self.source.num_frames(index), self.num_frames, self.frame_stride, rng, name)
+        else:
+            starts, stride = cache.starts(index), cache.stride(index)
+            start = starts[int(rng.integers(len(starts)))]
+            frame_indices = [start + stride * k for k in range(self.num_frames)]
         frames = torch.from_numpy(np.ascontiguousarray(self.source.read_frames(index, frame_indices)))
         frames = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
         height, width = frames.shape[-2:]
         transform = random_resized_crop(rng, height, width, self.size, self.crop_scale, flip_probability=self.flip_probability)
         meta = ClipMeta(name, index, frame_indices, transform, seed, self.source.ground_truth(index))
-        return {"frames": transform.apply_to_frames(frames).contiguous(), "meta": meta}
+        sample = {"frames": transform.apply_to_frames(frames).contiguous(), "meta": meta}
+        if cache is not None:
+            from ..trackers.cache import tracks_in_view
+
+            sample["tracks"] = tracks_in_view(cache.load(index, frame_indices[0]), transform)
+        return sample
 
 
 def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack frames to (B, T, 3, H, W); keep metadata as a list."""
-    return {
+    """Stack frames to (B, T, 3, H, W) (and cached tracks to a batch); keep metadata as a list."""
+    batch = {
         "frames": torch.stack([s["frames"] for s in samples]),
         "meta": [s["meta"] for s in samples],
     }
+    if "tracks" in samples[0]:
+        from ..trackers.base import Tracks
+
+        batch["tracks"] = Tracks.cat([s["tracks"] for s in samples])
+    return batch

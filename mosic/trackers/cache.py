@@ -1,0 +1,302 @@
+"""Track cache: run a tracker once per video, read the tracks in every training step.
+
+Tracking dominated the authors' training step (~75% of its FLOPs, REFERENCE-NOTES §1).
+``mosic track VIDEOS --tracker NAME --out CACHE`` tracks, for every video, a G x G grid
+of source-frame points from each cached clip start ``s`` (every ``start_step`` frames)
+through the clip's frames ``s, s + stride, ..., s + stride (T - 1)``; the same frames the
+training loop samples. Training with ``tracker.cache=CACHE`` draws clip starts from the
+cached ones and maps the stored tracks through the clip's crop/resize/flip
+(:class:`~mosic.data.transforms.ViewTransform`); a point outside the view, or whose
+frame-0 position is outside it, is invisible.
+
+Layout::
+
+    CACHE/manifest.json           settings, provenance, one entry per video (fingerprint, sha256)
+    CACHE/tracks/000000.safetensors   xy (S, T, N, 2) float32 source pixels,
+                                      visible (S, T, N) uint8, starts (S,) int64
+
+A cache whose settings (tracker, weights, clip length, stride) or videos (name, frame
+count, content fingerprint, file checksum) do not match raises :class:`StaleCacheError`;
+it is never used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data.clips import effective_stride
+from ..data.source import VideoSource
+from .base import Tracker, Tracks
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class StaleCacheError(ValueError):
+    """A track cache does not match the videos or the settings it is used with."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What a cache was computed with; all of it must match where it is used."""
+
+    tracker: str
+    weights: str  # sha256 of the tracker's weights file, or a description ("none", "random")
+    grid_size: int  # G of the G x G source-frame grid (N = G * G tracks per start)
+    num_frames: int
+    frame_stride: int
+    start_step: int
+    track_size: int  # the shorter side frames were resized to before tracking (no upscaling)
+
+
+def default_cache_grid(grid_size: int, min_crop_scale: float) -> int:
+    """A source grid dense enough that the smallest training crop still holds ~G x G points."""
+    return math.ceil(grid_size / math.sqrt(min_crop_scale))
+
+
+def clip_starts(num_available: int, num_frames: int, stride: int, start_step: int) -> list[int]:
+    """The cached clip starts of a video: every ``start_step`` frames that leave room for a clip."""
+    stride = effective_stride(num_available, num_frames, stride)
+    span = stride * (num_frames - 1) + 1
+    return list(range(0, num_available - span + 1, start_step))
+
+
+def video_fingerprint(source: VideoSource, index: int) -> str:
+    """sha256 of the video's name, frame count and the pixels of its first and last frames."""
+    n = source.num_frames(index)
+    frames = np.ascontiguousarray(source.read_frames(index, [0, n - 1]))
+    h = hashlib.sha256(f"{source.video_name(index)}|{n}|{frames.shape}".encode())
+    h.update(frames.tobytes())
+    return h.hexdigest()
+
+
+def weights_digest(path: str | os.PathLike | None) -> str:
+    """sha256 of a weights file (what a cache records of the tracker's weights)."""
+    if path is None:
+        return "none"
+    return _file_sha256(Path(path))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_track_cache(
+    source: VideoSource,
+    tracker: Tracker,
+    out_dir: str | os.PathLike,
+    settings: CacheSettings,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    on_video: Callable[[int, str], None] | None = None,
+) -> Path:
+    """Track every video of ``source`` and write the cache; resumable.
+
+    Videos whose file already exists with the same settings and fingerprint are kept,
+    so an interrupted run continues where it stopped. Starts of one video are tracked
+    together in batches of ``batch_size`` clips. Returns ``out_dir``.
+    """
+    out = Path(out_dir)
+    (out / "tracks").mkdir(parents=True, exist_ok=True)
+    previous = _read_manifest(out) if (out / MANIFEST).is_file() else None
+    if previous is not None and previous["settings"] != asdict(settings):
+        raise StaleCacheError(
+            f"{out} holds a cache made with other settings ({_diff(previous['settings'], asdict(settings))}); "
+            "choose another --out or delete it"
+        )
+    known = {v["name"]: v for v in previous["videos"]} if previous else {}
+    entries: list[dict[str, Any]] = []
+    tracker.to(device)
+    indices = range(len(source))
+    if progress:
+        from rich.progress import track as rich_track
+
+        indices = rich_track(indices, description="tracking videos")
+    for index in indices:
+        name = source.video_name(index)
+        fingerprint = video_fingerprint(source, index)
+        file = out / "tracks" / f"{index:06d}.safetensors"
+        old = known.get(name)
+        if old and old["fingerprint"] == fingerprint and file.is_file() and _file_sha256(file) == old["sha256"]:
+            entries.append(old)
+            continue
+        entry = _track_video(source, index, tracker, settings, file, batch_size, device)
+        entry.update(name=name, fingerprint=fingerprint)
+        entries.append(entry)
+        _write_manifest(out, settings, entries, complete=False)
+        if on_video is not None:
+            on_video(index, name)
+    _write_manifest(out, settings, entries, complete=True)
+    return out
+
+
+def _track_video(source, index, tracker, settings, file: Path, batch_size: int, device) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from ..data.clips import ClipMeta
+    from ..data.transforms import ViewTransform
+    from .base import query_grid
+
+    n = source.num_frames(index)
+    s = settings
+    name = source.video_name(index)
+    stride = effective_stride(n, s.num_frames, s.frame_stride)
+    starts = clip_starts(n, s.num_frames, s.frame_stride, s.start_step)
+    if not starts:
+        raise StaleCacheError(f"{name} has {n} frames, fewer than a clip of {s.num_frames}")
+    truth = source.ground_truth(index)
+    xy_parts, vis_parts = [], []
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first : first + batch_size]
+        frame_lists = [[st + stride * k for k in range(s.num_frames)] for st in chunk]
+        clips = torch.from_numpy(np.stack([source.read_frames(index, f) for f in frame_lists])).permute(0, 1, 4, 2, 3)
+        height, width = clips.shape[-2:]
+        scale = min(1.0, s.track_size / min(height, width))
+        # the whole frame, resized like a training view (no crop): source <-> tracking pixels
+        view = ViewTransform(0, 0, width, height, (round(height * scale), round(width * scale)))
+        video = torch.stack([view.apply_to_frames(c) for c in clips])  # (B, T, 3, h, w)
+        queries = query_grid(*view.out_size, s.grid_size).expand(len(chunk), -1, -1)
+        metas = [ClipMeta(name, index, f, view, 0, truth) for f in frame_lists]  # lets the oracle track too
+        with torch.no_grad():
+            tracks = tracker(video.to(device), queries.to(device), clips=metas)
+        xy_parts.append(view.points_to_source(tracks.xy.float().cpu()))
+        vis_parts.append(tracks.visible.cpu())
+    tensors = {
+        "xy": torch.cat(xy_parts).contiguous(),
+        "visible": torch.cat(vis_parts).to(torch.uint8).contiguous(),
+        "starts": torch.tensor(starts, dtype=torch.int64),
+    }
+    tmp = file.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"video": name, "stride": str(stride)})
+    os.replace(tmp, file)
+    return {"file": f"tracks/{file.name}", "sha256": _file_sha256(file), "num_frames": n, "stride": stride, "starts": starts}
+
+
+def _write_manifest(out: Path, settings: CacheSettings, entries: list[dict], complete: bool) -> None:
+    manifest = {
+        "version": CACHE_VERSION,
+        "complete": complete,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": asdict(settings),
+        "videos": entries,
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / MANIFEST)
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StaleCacheError(f"cannot read the track cache manifest {out / MANIFEST}: {exc}") from exc
+    if manifest.get("version") != CACHE_VERSION:
+        raise StaleCacheError(
+            f"{out} is a version {manifest.get('version')} track cache; this mosic reads version {CACHE_VERSION}: "
+            "rebuild it with mosic track"
+        )
+    return manifest
+
+
+def _diff(old: dict, new: dict) -> str:
+    return ", ".join(f"{k}: cache {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+class TrackCache:
+    """A track cache opened for training on ``source``.
+
+    Checks at once that the cache is complete, was made with ``expect`` (a dict of
+    :class:`CacheSettings` fields, e.g. the run's ``num_frames`` and ``frame_stride``)
+    and covers the same videos in the same order with the same frame counts. Each
+    video's content fingerprint and file checksum are verified the first time its
+    tracks are read (per process), before any of them is used.
+    """
+
+    def __init__(self, path: str | os.PathLike, source: VideoSource, expect: dict[str, Any] | None = None):
+        self.path = Path(path)
+        if not (self.path / MANIFEST).is_file():
+            raise StaleCacheError(f"no track cache at {self.path} (no {MANIFEST}); create one with `mosic track`")
+        manifest = _read_manifest(self.path)
+        if not manifest.get("complete"):
+            raise StaleCacheError(f"the track cache at {self.path} is incomplete; run the same `mosic track` again to finish it")
+        self.settings = CacheSettings(**manifest["settings"])
+        wrong = {k: v for k, v in (expect or {}).items() if getattr(self.settings, k) != v}
+        if wrong:
+            raise StaleCacheError(
+                f"the track cache at {self.path} was made with "
+                + ", ".join(f"{k}={getattr(self.settings, k)!r}" for k in wrong)
+                + " but this run uses "
+                + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+                + "; rebuild it with mosic track or change the run's settings"
+            )
+        self.videos = manifest["videos"]
+        if len(self.videos) != len(source):
+            raise StaleCacheError(f"the track cache at {self.path} covers {len(self.videos)} videos, the source has {len(source)}")
+        for index, entry in enumerate(self.videos):
+            name, n = source.video_name(index), source.num_frames(index)
+            if entry["name"] != name or entry["num_frames"] != n:
+                raise StaleCacheError(
+                    f"video {index} is {name!r} with {n} frames, but the track cache at {self.path} has "
+                    f"{entry['name']!r} with {entry['num_frames']} frames; rebuild it with mosic track"
+                )
+        self.source = source
+        self._verified: set[int] = set()
+
+    def starts(self, index: int) -> list[int]:
+        return self.videos[index]["starts"]
+
+    def stride(self, index: int) -> int:
+        return self.videos[index]["stride"]
+
+    def load(self, index: int, start: int) -> Tracks:
+        """Tracks of the clip starting at ``start``: xy (1, T, N, 2) source pixels, visible (1, T, N)."""
+        from safetensors import safe_open
+
+        entry = self.videos[index]
+        file = self.path / entry["file"]
+        if index not in self._verified:
+            if _file_sha256(file) != entry["sha256"]:
+                raise StaleCacheError(f"{file} does not match its checksum in the manifest (corrupt or replaced)")
+            if video_fingerprint(self.source, index) != entry["fingerprint"]:
+                raise StaleCacheError(
+                    f"video {entry['name']!r} changed since its tracks were cached in {self.path}; rebuild with mosic track"
+                )
+            self._verified.add(index)
+        try:
+            s = entry["starts"].index(start)
+        except ValueError:
+            raise StaleCacheError(f"start {start} of {entry['name']!r} is not in the track cache") from None
+        with safe_open(str(file), framework="pt") as f:  # reads one start, not the whole file
+            xy, visible = f.get_slice("xy")[s : s + 1], f.get_slice("visible")[s : s + 1]
+        return Tracks(xy, visible.bool())
+
+
+def tracks_in_view(tracks: Tracks, transform) -> Tracks:
+    """Map cached source-pixel tracks (1, T, N, ...) into a clip's view.
+
+    A point is visible where it was visible, lies inside the view, and its frame-0
+    position (the query the student sees) lies inside the view.
+    """
+    xy = transform.points_to_view(tracks.xy)
+    inside = transform.inside_view(xy)
+    visible = tracks.visible & inside & inside[:, :1]
+    return Tracks(xy.float(), visible)
