@@ -146,11 +146,17 @@ class RunConfig(_Section):
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "RunConfig":
         """A copy with ``{"train.max_steps": 10}``, ``["train.max_steps=10"]`` or
-        unambiguous bare field names (``{"max_steps": 10}``) applied."""
+        unambiguous bare field names (``{"max_steps": 10}``) applied. Entries of the
+        ``kwargs`` dicts are set with ``"tracker.kwargs.weights=/path"``."""
         if isinstance(overrides, list):
             overrides = dict(_parse_assignment(item) for item in overrides)
         data = self.model_dump()
         for key, value in overrides.items():
+            head, _, entry = key.partition(".kwargs.")
+            if entry:  # one entry of a section's free-form kwargs
+                section, field = self.resolve_key(f"{head}.kwargs")
+                data[section][field] = {**(data[section][field] or {}), entry: value}
+                continue
             section, field = self.resolve_key(key)
             data[section][field] = value
         return RunConfig.from_dict(data)

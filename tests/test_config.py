@@ -52,3 +52,12 @@ def test_bad_values_name_the_field(tmp_path):
     not_a_mapping.write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         RunConfig.from_file(not_a_mapping)
+
+
+def test_kwargs_entries_are_set_one_by_one():
+    config = RunConfig().with_overrides(["tracker.kwargs.weights=/w/scaled_offline.pth", "backbone.kwargs.depth=2"])
+    config = config.with_overrides({"backbone.kwargs.embed_dim": 64})
+    assert config.tracker.kwargs == {"weights": "/w/scaled_offline.pth"}
+    assert config.backbone.kwargs == {"depth": 2, "embed_dim": 64}
+    with pytest.raises(ConfigError, match="did you mean tracker"):
+        RunConfig().with_overrides(["trackr.kwargs.weights=x"])
