@@ -46,6 +46,21 @@ def _build_parser() -> argparse.ArgumentParser:
     track.add_argument("--no-progress", action="store_true")
     track.add_argument("overrides", nargs="*", help="config overrides, e.g. data.num_frames=12")
 
+    teval = sub.add_parser("track-eval", help="TAP-Vid metrics of a tracker on synthetic clips with exact ground truth")
+    teval.add_argument("--tracker", required=True, help="registered tracker, see `mosic list trackers`")
+    teval.add_argument("--weights", help="local tracker weights file")
+    teval.add_argument("--videos", help="a source with ground-truth tracks (default: synthetic clips)")
+    teval.add_argument("--num-videos", type=int, default=8)
+    teval.add_argument("--num-frames", type=int, default=24)
+    teval.add_argument("--frame-stride", type=int, default=1)
+    teval.add_argument("--size", type=int, default=64, help="square clip size in pixels")
+    teval.add_argument("--grid", type=int, default=16, help="G x G queries on frame 0")
+    teval.add_argument("--query-mode", choices=["first", "strided"], default="first")
+    teval.add_argument("--seed", type=int, default=0)
+    teval.add_argument("--batch-size", type=int, default=4)
+    teval.add_argument("--device", default="auto")
+    teval.add_argument("--out", help="also write the results as JSON here")
+
     export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
     export.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
     export.add_argument("out", help="output folder")
@@ -85,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "track":
         return _track(args)
+    if args.command == "track-eval":
+        return _track_eval(args)
     if args.command == "export":
         from .export import export_backbone
 
@@ -147,6 +164,40 @@ def _track(args: argparse.Namespace) -> int:
         f"({settings.grid_size}x{settings.grid_size} points per clip start); "
         f"train with: tracker.name={name} tracker.cache={out}"
     )
+    return 0
+
+
+def _track_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .eval.tracking import evaluate_tracker, format_results
+
+    source = None
+    if args.videos:
+        from .data.readers import open_videos
+
+        source = open_videos(args.videos)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    results = evaluate_tracker(
+        args.tracker,
+        source,
+        num_videos=args.num_videos,
+        num_frames=args.num_frames,
+        frame_stride=args.frame_stride,
+        size=args.size,
+        grid_size=args.grid,
+        query_mode=args.query_mode,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        tracker_kwargs={"weights": args.weights} if args.weights else None,
+    )
+    print(format_results({args.tracker: results}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
     return 0
 
 

@@ -54,3 +54,14 @@ def test_synthetic_spec_errors():
         open_videos("synthetic:num_videos")
     with pytest.raises(ValueError, match="bad synthetic spec"):
         open_videos("synthetic:colour=3")
+
+
+def test_track_eval_command(tmp_path, capsys):
+    import json
+
+    from mosic.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["track-eval", "--tracker", "oracle", "--num-videos", "2", "--num-frames", "8", "--grid", "4", "--out", str(out)]) == 0
+    assert "| oracle | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["delta_avg"] == 100.0
