@@ -1,6 +1,8 @@
 """Point trackers: video (B, T, 3, H, W) uint8 + queries (B, N, 3) -> :class:`Tracks`."""
 
 from . import oracle  # noqa: F401  (registers the built-in trackers)
+from . import lucas_kanade  # noqa: F401  (registers 'lk')
+from . import raft  # noqa: F401  (registers 'raft' and 'raft-small')
 from .base import TRACKERS, Tracker, Tracks, query_grid, register_tracker
 from .oracle import OracleTracker
 
