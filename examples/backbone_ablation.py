@@ -9,8 +9,10 @@ with K-means and Hungarian-matched to the ground truth (``evaluate_video_cluster
 class clustering mIoU over the dataset and instance clustering mIoU per clip. DAVIS and
 YouTube-VOS evaluation comes with the evaluation suite (issue 6).
 
-Training videos are synthetic: the only tracker today is ``oracle`` (the exact tracks of
-synthetic clips); real videos need the point trackers of issue 4.
+Training videos are synthetic, so that the ``oracle`` tracker gives exact tracks and the
+held-out evaluation has exact masks: the table compares backbones, not trackers. For real
+videos, train with ``mosic fit`` and a real tracker (``lk`` needs no weights; CoTracker and
+RAFT take local weights); DAVIS/YouTube-VOS evaluation comes with issue 6.
 
 Usage::
 
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--videos",
         help="training videos, a 'synthetic:key=value,...' spec (default: 64 videos at --size, or 8 at 64 px with "
-        "--smoke); real videos need a real tracker (issue 4)",
+        "--smoke); this example evaluates on synthetic masks, so it trains on synthetic videos",
     )
     parser.add_argument("--steps", type=int, help="training steps per backbone (default 500, or 4 with --smoke)")
     parser.add_argument(
@@ -88,8 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if not args.videos.startswith("synthetic:"):
         parser.error(
-            "--videos must be a 'synthetic:...' spec for now: the only tracker is 'oracle', the exact tracks "
-            "of synthetic clips; real videos need the point trackers of issue 4"
+            "--videos must be a 'synthetic:...' spec: this example trains with the exact 'oracle' tracks and "
+            "evaluates on synthetic masks; for real videos use `mosic fit` with tracker.name=lk or cotracker3"
         )
     weights = {}
     for item in args.weights:

@@ -12,8 +12,8 @@
     has none.
 
 Both are then post-pretrained by name with ``PostPretrainer``, from random weights (no
-downloads), on synthetic videos with the ``oracle`` tracker (the only tracker until the
-point trackers of issue 4 land).
+downloads), on synthetic videos with the ``oracle`` tracker (their exact tracks; real
+videos take ``lk``, RAFT or CoTracker).
 
 Usage::
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, extra = [*args.overrides, *extra], []  # overrides after options
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .backbones.base import WeightsUnavailableError
+    from .errors import WeightsUnavailableError
 
     try:
         return _run(args)

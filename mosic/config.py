@@ -40,8 +40,9 @@ class BackboneConfig(_Section):
 
 class TrackerConfig(_Section):
     name: str = Field(
-        "oracle",
-        description="registered tracker; 'oracle' (synthetic ground truth) until the learned trackers land",
+        "cotracker3",
+        description="registered tracker (paper: cotracker3, offline); lk needs no weights; oracle is the "
+        "ground truth of synthetic clips; see `mosic list trackers`",
     )
     grid_size: int = Field(16, ge=1, description="G of the G x G query grid on frame 0 (paper: 16)")
     cache: str | None = Field(

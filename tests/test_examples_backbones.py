@@ -68,7 +68,7 @@ def test_backbone_ablation_rejects_bad_arguments(tmp_path, capsys):
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     for args, message in (
-        (["--videos", str(tmp_path)], "issue 4"),  # real videos need a real tracker
+        (["--videos", str(tmp_path)], "synthetic:"),  # evaluates on synthetic masks
         (["--smoke", "--pretrained"], "do not fit"),
         (["--weights", "dino-s16"], "NAME=PATH"),
         (["--backbones", "dinov2-s41"], "Did you mean"),

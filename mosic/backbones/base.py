@@ -8,15 +8,11 @@ from typing import Iterator, Literal, Sequence
 import torch
 from torch import nn
 
+from ..errors import WeightsUnavailableError  # noqa: F401  (re-exported)
 from ..registry import Registry
 from .card import BackboneCard, ViTSpec
 
 TrainBlocks = int | Literal["all"]
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded (offline, no access); the message says how
-    to pass a local file instead."""
 
 
 class Backbone(nn.Module, ABC):

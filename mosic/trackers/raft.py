@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import WeightsUnavailableError
 from .base import Tracker, Tracks, register_tracker
 
 __all__ = [
@@ -61,7 +62,7 @@ MIN_SIDE = 128
 FlowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class RaftWeightsUnavailableError(RuntimeError):
+class RaftWeightsUnavailableError(WeightsUnavailableError):
     """torchvision's RAFT weights could not be downloaded (offline, blocked) and are not cached."""
 
 
