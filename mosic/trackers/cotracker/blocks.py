@@ -494,8 +494,10 @@ class Attention(nn.Module):
         b, n1, _ = x.shape
         q = self.to_q(x).reshape(b, n1, self.heads, self.dim_head).transpose(1, 2)
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
+        if attn_bias is not None and attn_bias.dtype != q.dtype:
+            # clamp first: float32's most negative value is -inf in bf16, and a fully masked
+            # row would then turn into NaN instead of attending uniformly
+            attn_bias = attn_bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         return self.to_out(out.transpose(1, 2).reshape(b, n1, -1))
 

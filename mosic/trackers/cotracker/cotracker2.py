@@ -227,10 +227,7 @@ class CoTracker2(nn.Module):
         pos = sample_features4d(self.pos_emb.to(dtype).expand(b, -1, -1, -1), coords[:, 0])[:, :, None]  # B N 1 E
         time = self.time_emb.to(dtype)[:, None, :s]  # 1 1 S E
         mask = None if bool(active.all()) else active[:, None, :].expand(b, s, n).reshape(b * s, n)
-        # blocks' attention-mask bias is float32's most negative value, -inf once cast to
-        # bf16, and a fully masked row (an inactive point) then turns into NaN: run the
-        # transformer in float32 whenever a mask is needed (points queried after the window)
-        tf_amp = amp_dtype if mask is None else None
+        tf_amp = amp_dtype
         for _ in range(iters):
             coords = coords.detach()
             flows = coords - coords[:, :1]
