@@ -724,3 +724,9 @@ class EfficientUpdateFormer(nn.Module):
             return out
 
         return _chunked(head, tokens, 1, point_chunk)
+
+
+def num_sliding_windows(num_frames: int, window_len: int) -> int:
+    """Windows of ``window_len`` frames starting every ``window_len // 2`` that cover a video."""
+    step = window_len // 2
+    return max(1, math.ceil((num_frames - window_len) / step) + 1)

@@ -57,6 +57,7 @@ from ...backbones.weights import load_state_dict_strict
 from ..base import register_tracker
 from .blocks import (
     BasicEncoder,
+    num_sliding_windows,
     EfficientUpdateFormer,
     get_1d_sincos_pos_embed_from_grid,
     get_2d_embedding,
@@ -260,8 +261,7 @@ class CoTracker2(nn.Module):
         return coords, self.vis_predictor(feats)[..., 0]
 
     def num_windows(self, t: int) -> int:
-        step = self.window_len // 2
-        return max(1, math.ceil((t - self.window_len) / step) + 1)
+        return num_sliding_windows(t, self.window_len)
 
     # ------------------------------------------------------------------ forward
 

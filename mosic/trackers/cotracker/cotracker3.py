@@ -34,7 +34,6 @@ Differences from the official code (same numbers, up to float round-off):
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence
 
 import torch
@@ -43,6 +42,7 @@ from torch import nn
 
 from .blocks import (
     BasicEncoder,
+    num_sliding_windows,
     EfficientUpdateFormer,
     Mlp,
     get_1d_sincos_pos_embed_from_grid,
@@ -317,8 +317,7 @@ class CoTracker3Online(CoTracker3Base):
         super().__init__(window_len=window_len, **kwargs)
 
     def num_windows(self, t: int) -> int:
-        step = self.window_len // 2
-        return max(1, math.ceil((t - self.window_len) / step) + 1)
+        return num_sliding_windows(t, self.window_len)
 
     def forward(
         self,
