@@ -730,3 +730,17 @@ def num_sliding_windows(num_frames: int, window_len: int) -> int:
     """Windows of ``window_len`` frames starting every ``window_len // 2`` that cover a video."""
     step = window_len // 2
     return max(1, math.ceil((num_frames - window_len) / step) + 1)
+
+
+def carried_frames(x: torch.Tensor, start: int, overlap: int, length: int) -> torch.Tensor:
+    """Frames ``start .. start + overlap - 1`` of (B, T, ...) ``x``, the last one repeated up to
+    ``length`` frames: a sliding window's estimates carried into the next window."""
+    prev = x[:, start : start + overlap]
+    return torch.cat([prev, prev[:, -1:].expand(-1, length - overlap, *prev.shape[2:])], dim=1)
+
+
+def check_query_frames(frames: torch.Tensor, t: int) -> torch.Tensor:
+    """``frames`` (B, N) integer query frames; raise unless all lie in [0, t)."""
+    if frames.numel() and (frames.min() < 0 or frames.max() >= t):
+        raise ValueError(f"query frames must be in [0, {t - 1}], got {frames.min().item()}..{frames.max().item()}")
+    return frames

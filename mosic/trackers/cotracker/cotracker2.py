@@ -57,6 +57,8 @@ from ...backbones.weights import load_state_dict_strict
 from ..base import register_tracker
 from .blocks import (
     BasicEncoder,
+    carried_frames,
+    check_query_frames,
     num_sliding_windows,
     EfficientUpdateFormer,
     get_1d_sincos_pos_embed_from_grid,
@@ -295,9 +297,7 @@ class CoTracker2(nn.Module):
         overlap = s - step
         device = video.device
         dtype = self.compute_dtype
-        frames = queries[..., 0].round().long()
-        if n and (frames.min() < 0 or frames.max() >= t):
-            raise ValueError(f"query frames must be in [0, {t - 1}], got {frames.min().item()}..{frames.max().item()}")
+        frames = check_query_frames(queries[..., 0].round().long(), t)
         q = queries[..., 1:3].to(dtype) / self.stride  # B N 2 feature pixels
         windows = self.num_windows(t)
 
@@ -339,8 +339,8 @@ class CoTracker2(nn.Module):
                 # points queried before the overlap ends start from the previous estimates
                 # on the overlap, the last one repeated over the new frames
                 copy = (frames < ind + overlap)[:, None, :]  # B 1 N
-                coords = torch.where(copy[..., None], _carried(coords_out, ind, overlap, s) / self.stride, coords)
-                vis = torch.where(copy, _carried(vis_out, ind, overlap, s), vis)
+                coords = torch.where(copy[..., None], carried_frames(coords_out, ind, overlap, s) / self.stride, coords)
+                vis = torch.where(copy, carried_frames(vis_out, ind, overlap, s), vis)
             active = frames < ind + s  # B N
             track_mask = frames[:, None, :] <= torch.arange(ind, ind + s, device=device)[None, :, None]
             if ind > 0:
@@ -360,12 +360,6 @@ class CoTracker2(nn.Module):
             coords_out[:, ind : ind + keep] = c[:, :keep] * self.stride
             vis_out[:, ind : ind + keep] = v[:, :keep]
         return coords_out, torch.sigmoid(vis_out), None
-
-
-def _carried(x: torch.Tensor, start: int, overlap: int, length: int) -> torch.Tensor:
-    """Frames ``start .. start + overlap - 1`` of (B, T, ...) ``x``, the last repeated up to ``length`` frames."""
-    prev = x[:, start : start + overlap]
-    return torch.cat([prev, prev[:, -1:].expand(-1, length - overlap, *prev.shape[2:])], dim=1)
 
 
 def _load_weights(model: CoTracker2, weights: str | os.PathLike | bool | None, progress: bool = True) -> CoTracker2:

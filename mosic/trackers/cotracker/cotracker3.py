@@ -42,6 +42,8 @@ from torch import nn
 
 from .blocks import (
     BasicEncoder,
+    carried_frames,
+    check_query_frames,
     num_sliding_windows,
     EfficientUpdateFormer,
     Mlp,
@@ -248,10 +250,7 @@ class CoTracker3Base(nn.Module):
         return coords, vis, conf
 
     def _check_queries(self, queries: torch.Tensor, t: int) -> torch.Tensor:
-        frames = queries[..., 0].long()
-        if frames.numel() and (frames.min() < 0 or frames.max() >= t):
-            raise ValueError(f"query frames must be in [0, {t - 1}], got {frames.min().item()}..{frames.max().item()}")
-        return frames
+        return check_query_frames(queries[..., 0].long(), t)
 
 
 class CoTracker3Offline(CoTracker3Base):
@@ -293,12 +292,6 @@ class CoTracker3Offline(CoTracker3Base):
             pyramid, support, coords, zeros, zeros, iters, point_chunk, amp_dtype, add_space_attn
         )
         return coords * self.stride, torch.sigmoid(vis), torch.sigmoid(conf)
-
-
-def _carried(x: torch.Tensor, start: int, overlap: int, step: int) -> torch.Tensor:
-    """Frames [start, start + overlap) of ``x`` (B, T, ...), the last repeated ``step`` more times."""
-    prev = x[:, start : start + overlap]
-    return torch.cat([prev, prev[:, -1:].expand(-1, step, *prev.shape[2:])], dim=1)
 
 
 class CoTracker3Online(CoTracker3Base):
@@ -353,9 +346,9 @@ class CoTracker3Online(CoTracker3Base):
         for ind in range(0, windows * step, step):
             if ind > 0:
                 copy = (frames < ind + overlap)[:, None, :]  # B 1 N
-                coords = torch.where(copy[..., None], _carried(coords_out, ind, overlap, step) / self.stride, coords)
-                vis = torch.where(copy, _carried(vis_out, ind, overlap, step), vis)
-                conf = torch.where(copy, _carried(conf_out, ind, overlap, step), conf)
+                coords = torch.where(copy[..., None], carried_frames(coords_out, ind, overlap, s) / self.stride, coords)
+                vis = torch.where(copy, carried_frames(vis_out, ind, overlap, s), vis)
+                conf = torch.where(copy, carried_frames(conf_out, ind, overlap, s), conf)
             active = (frames < ind + s).to(support[0].dtype)[:, :, None, None]  # B N 1 1
             c, v, cf = self.refine(
                 [f[:, ind : ind + s] for f in pyramid],
