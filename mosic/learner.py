@@ -8,6 +8,7 @@ from torch import nn
 from .backbones.base import Backbone
 from .objectives.base import Objective, ObjectiveInputs, ObjectiveOutput
 from .trackers.base import Tracks
+from .views import ViewTransform
 
 
 class Learner(nn.Module):
@@ -32,13 +33,24 @@ class Learner(nn.Module):
         teacher_tokens: torch.Tensor,
         tracks: Tracks,
         teacher_objective: Objective,
+        student_frames: tuple[int, ...] = (0,),
+        view_images: torch.Tensor | None = None,
+        view: ViewTransform | None = None,
     ) -> ObjectiveOutput:
-        """Run the student on ``student_images`` (B, S, 3, H, W) only and score the objective."""
+        """Run the student on ``student_images`` (B, S, 3, H, W), the clip frames
+        ``student_frames``, and on ``view_images`` (B, 3, H, W) = Phi(frame 0) when the
+        objective asks for a view; then score the objective."""
+        view_tokens = None
+        if view_images is not None:
+            view_tokens = self.backbone.patch_tokens(view_images)
         inputs = ObjectiveInputs(
             student_tokens=self.tokens(student_images, token_mask),
             teacher_tokens=teacher_tokens,
             tracks=tracks,
             patch_size=self.backbone.patch_size,
             student_token_mask=token_mask,
+            student_frames=tuple(student_frames),
+            view=view,
+            student_view_tokens=view_tokens,
         )
         return self.objective(inputs, teacher=teacher_objective)

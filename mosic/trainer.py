@@ -233,16 +233,34 @@ class PostPretrainer:
         queries = query_grid(h, w, self.config.tracker.grid_size).to(self.device).expand(b, -1, -1)
         return self.tracker(frames, queries, clips=metas).to(self.device)
 
+    def _static_tracks(self, frames: torch.Tensor) -> Tracks:
+        """The query grid held still and visible in every frame (objectives that read no tracks)."""
+        b, t, _, h, w = frames.shape
+        grid = query_grid(h, w, self.config.tracker.grid_size).to(self.device)[:, 1:]  # (N, 2) (x, y)
+        xy = grid.expand(b, t, -1, -1)
+        return Tracks(xy, torch.ones(xy.shape[:-1], dtype=torch.bool, device=self.device))
+
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimisation step on a collated batch; returns detached metric tensors."""
         if self.optimizer is None:
             raise RuntimeError("call fit() (or _prepare_optimizer) before train_step")
         frames = batch["frames"].to(self.device, non_blocking=True)  # (B, T, 3, H, W) uint8
         metas = batch["meta"]
-        tracks = batch["tracks"].to(self.device) if "tracks" in batch else self._tracks_for(frames, metas)
+        objective = self.learner.objective
+        if not objective.uses_tracks:
+            tracks = self._static_tracks(frames)
+        elif "tracks" in batch:
+            tracks = batch["tracks"].to(self.device)
+        else:
+            tracks = self._tracks_for(frames, metas)
         backbone = self.learner.backbone
         images = backbone.preprocess(frames)
-        student_frames = list(self.learner.objective.student_frames)
+        student_frames = list(objective.student_frames)
+        view = view_images = None
+        if objective.student_view:
+            view = objective.sample_view([m.sample_seed for m in metas], frames.shape[-2], frames.shape[-1])
+            view = view.to(self.device)
+            view_images = view.apply(images[:, 0])
         h, w = frames.shape[-2] // backbone.patch_size, frames.shape[-1] // backbone.patch_size
         token_mask = _token_masks(metas, len(student_frames), h, w, self.config.train.mask_ratio)
         if token_mask is not None:
@@ -255,7 +273,14 @@ class PostPretrainer:
             with torch.no_grad():
                 teacher_tokens = self.teacher_learner.tokens(images)
             out = self._student_module()(
-                images[:, student_frames], token_mask, teacher_tokens, tracks, self.teacher_learner.objective
+                images[:, student_frames],
+                token_mask,
+                teacher_tokens,
+                tracks,
+                self.teacher_learner.objective,
+                tuple(student_frames),
+                view_images,
+                view,
             )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..registry import Registry
 from ..trackers.base import Tracks
+from ..views import ViewTransform
 
 
 @dataclass
@@ -26,6 +29,11 @@ class ObjectiveInputs:
         patch_size: pixels per patch side.
         student_token_mask: optional (B, S, h, w) bool, True where the student's token
             was dropped (masking); points on dropped tokens give no student prediction.
+        student_frames: the clip frames that ``student_tokens`` holds, in order.
+        view: for objectives with ``student_view = True``, the random crop/flip Phi
+            of each clip (:class:`mosic.views.ViewTransform`) ...
+        student_view_tokens: ... and the student's (B, h, w, D) tokens of Phi(frame 0)
+            (no masking), with grad.
     """
 
     student_tokens: torch.Tensor
@@ -33,6 +41,24 @@ class ObjectiveInputs:
     tracks: Tracks
     patch_size: int
     student_token_mask: torch.Tensor | None = None
+    student_frames: tuple[int, ...] = (0,)
+    view: ViewTransform | None = None
+    student_view_tokens: torch.Tensor | None = None
+
+    def student_frame(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's (B, h, w, D) tokens of clip frame ``t`` and their (B, h, w) drop mask (or None)."""
+        if t not in self.student_frames:
+            raise KeyError(
+                f"the student did not run on frame {t} (it ran on {self.student_frames}); "
+                "list the frame in the objective's student_frames"
+            )
+        i = self.student_frames.index(t)
+        mask = None if self.student_token_mask is None else self.student_token_mask[:, i]
+        return self.student_tokens[:, i], mask
+
+    def replace(self, **changes) -> "ObjectiveInputs":
+        """A copy with some fields changed (e.g. other tracks)."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -54,9 +80,18 @@ class Objective(nn.Module, ABC):
 
     #: frames the student backbone must run on; the trainer runs it on nothing else
     student_frames: tuple[int, ...] = (0,)
+    #: False: the objective never reads the tracks, so the trainer runs no tracker and
+    #: passes static tracks (the query grid, visible everywhere)
+    uses_tracks: bool = True
+    #: True: the student also runs on a random crop/flip Phi of frame 0 (see ``sample_view``)
+    student_view: bool = False
 
     @abstractmethod
     def forward(self, inputs: ObjectiveInputs, teacher: "Objective") -> ObjectiveOutput: ...
+
+    def sample_view(self, seeds: Sequence[int], height: int, width: int) -> ViewTransform | None:
+        """The Phi of each clip (from its sample seed) when ``student_view`` is True."""
+        return None
 
     def after_optimizer_step(self) -> None:
         """Hook run on the student and the teacher after each update (e.g. re-normalise prototypes)."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from ..points import sample_at_points
 from ..sinkhorn import sinkhorn
+from ..trackers.base import Tracks
 from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
 from .head import ProjectionHead, Prototypes
 
@@ -103,17 +104,16 @@ class MoSiCObjective(Objective):
     def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
         tracks = inputs.tracks
         b, t, n, _ = tracks.xy.shape
+        student_tokens, student_mask = inputs.student_frame(0)
         source = tracks.visible[:, :1]  # (B, 1, N): the query is on frame 0
-        if inputs.student_token_mask is not None:  # no prediction from dropped tokens
-            dropped = sample_at_points(
-                inputs.student_token_mask[:, 0, ..., None].float(), tracks.xy[:, 0], inputs.patch_size, "nearest"
-            )
+        if student_mask is not None:  # no prediction from dropped tokens
+            dropped = sample_at_points(student_mask[..., None].float(), tracks.xy[:, 0], inputs.patch_size, "nearest")
             source = source & (dropped[..., 0] < 0.5).unsqueeze(1)
         used = source & tracks.visible if self.loss_points == "visible" else source.expand(b, t, n)
 
         targets = self.teacher_targets(inputs, teacher, used)
 
-        student_features = sample_at_points(inputs.student_tokens[:, 0], tracks.xy[:, 0], inputs.patch_size, "nearest")
+        student_features = sample_at_points(student_tokens, tracks.xy[:, 0], inputs.patch_size, "nearest")
         logits = self.scores(student_features).float() / self.temperature  # (B, N, K)
         log_probs = F.log_softmax(logits, dim=-1)
         nll = -torch.gather(log_probs.unsqueeze(1).expand(b, t, n, -1), 3, targets.unsqueeze(-1)).squeeze(-1)
@@ -137,3 +137,30 @@ class MoSiCObjective(Objective):
                 "clusters_used": (used_clusters > 0).float().sum(),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
+
+
+@register_objective("static")
+class StaticObjective(MoSiCObjective):
+    """The MoSiC loss without motion: the no-motion baseline.
+
+    Every track is replaced by its frame-0 query point, held still and visible in every
+    frame, so the target in frame t is the teacher's cluster at the query's position in
+    frame t, whatever moved there. The tracker's output is never read (``uses_tracks =
+    False``: the trainer runs no tracker), so any difference from ``mosic`` is what
+    motion adds. Arguments are :class:`MoSiCObjective`'s (``target`` is "tracked").
+    """
+
+    uses_tracks = False
+
+    def __init__(self, embed_dim: int, **kwargs):
+        kwargs.pop("target", None)
+        super().__init__(embed_dim, target="tracked", **kwargs)
+
+    def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
+        return super().forward(inputs.replace(tracks=static_tracks(inputs.tracks)), teacher)
+
+
+def static_tracks(tracks: Tracks) -> Tracks:
+    """Each point held at its frame-0 (query) position and visible in every frame."""
+    xy = tracks.xy[:, :1].expand_as(tracks.xy)
+    return Tracks(xy, torch.ones(xy.shape[:-1], dtype=torch.bool, device=xy.device))
