@@ -8,7 +8,7 @@ from torch import nn
 from .backbones.base import Backbone
 from .objectives.base import Objective, ObjectiveInputs, ObjectiveOutput
 from .trackers.base import Tracks
-from .views import ViewTransform
+from .data.transforms import ViewTransform
 
 
 class Learner(nn.Module):
@@ -35,7 +35,7 @@ class Learner(nn.Module):
         teacher_objective: Objective,
         student_frames: tuple[int, ...] = (0,),
         view_images: torch.Tensor | None = None,
-        view: ViewTransform | None = None,
+        views: list[ViewTransform] | None = None,
     ) -> ObjectiveOutput:
         """Run the student on ``student_images`` (B, S, 3, H, W), the clip frames
         ``student_frames``, and on ``view_images`` (B, 3, H, W) = Phi(frame 0) when the
@@ -50,7 +50,7 @@ class Learner(nn.Module):
             patch_size=self.backbone.patch_size,
             student_token_mask=token_mask,
             student_frames=tuple(student_frames),
-            view=view,
+            views=views,
             student_view_tokens=view_tokens,
         )
         return self.objective(inputs, teacher=teacher_objective)

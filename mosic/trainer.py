@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig
 from .data.clips import ClipDataset, ClipMeta, collate_clips
+from .data.transforms import apply_views
 from .ema import ema_momentum, ema_update_
 from .learner import Learner
 from .objectives.base import OBJECTIVES, Objective
@@ -256,11 +257,10 @@ class PostPretrainer:
         backbone = self.learner.backbone
         images = backbone.preprocess(frames)
         student_frames = list(objective.student_frames)
-        view = view_images = None
+        views = view_images = None
         if objective.student_view:
-            view = objective.sample_view([m.sample_seed for m in metas], frames.shape[-2], frames.shape[-1])
-            view = view.to(self.device)
-            view_images = view.apply(images[:, 0])
+            views = objective.sample_views([m.sample_seed for m in metas], frames.shape[-2], frames.shape[-1])
+            view_images = apply_views(images[:, 0], views)
         h, w = frames.shape[-2] // backbone.patch_size, frames.shape[-1] // backbone.patch_size
         token_mask = _token_masks(metas, len(student_frames), h, w, self.config.train.mask_ratio)
         if token_mask is not None:
@@ -280,7 +280,7 @@ class PostPretrainer:
                 self.teacher_learner.objective,
                 tuple(student_frames),
                 view_images,
-                view,
+                views,
             )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

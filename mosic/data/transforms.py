@@ -2,17 +2,22 @@
 
 The same :class:`ViewTransform` is applied to every frame of a clip and to the (x, y)
 pixel coordinates of tracks, so tracks computed on source frames (a cache, ground
-truth) land on the right view pixels.
+truth) land on the right view pixels. :func:`apply_views` and :func:`warp_tokens` apply
+one transform per clip to a batch of float images and of patch-token maps, so that an
+equivariant encoder E has ``E(apply_views(I)) == warp_tokens(E(I))`` (objectives with
+a transformation-equivariance term use the pair).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,43 @@ def random_resized_crop(
         box = ((width - w) // 2, (height - h) // 2, w, h)
     flip = bool(rng.random() < flip_probability)
     return ViewTransform(*box, out_size=tuple(out_size), flip=flip)
+
+
+def apply_views(images: torch.Tensor, views: Sequence[ViewTransform]) -> torch.Tensor:
+    """Phi(I) for a batch: (B, C, H, W) float images, one transform per image, -> (B, C, out_h, out_w).
+
+    Bilinear (torchvision ``roi_align``, several samples averaged per output pixel when
+    the crop is larger than the output), consistent with :meth:`ViewTransform.points_to_source`.
+    """
+    if images.ndim != 4 or images.shape[0] != len(views):
+        raise ValueError(f"images must be (B={len(views)}, C, H, W), got {tuple(images.shape)}")
+    sizes = {tuple(v.out_size) for v in views}
+    if len(sizes) != 1:
+        raise ValueError(f"all views of a batch need one out_size, got {sorted(sizes)}")
+    boxes = torch.tensor(
+        [[i, v.x0, v.y0, v.x0 + v.width, v.y0 + v.height] for i, v in enumerate(views)],
+        dtype=torch.float32,
+        device=images.device,
+    )
+    out = roi_align(images.float(), boxes, sizes.pop(), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    flip = torch.tensor([v.flip for v in views], device=images.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out).to(images.dtype)
+
+
+def warp_tokens(tokens: torch.Tensor, views: Sequence[ViewTransform], patch_size: int) -> torch.Tensor:
+    """Phi(E(I)): (B, h, w, D) patch tokens of the source images -> (B, h', w', D) tokens laid
+    out like the patches of each view (h' = out_h // patch_size), read bilinearly between
+    source patch centres at the source position of each view patch centre."""
+    from ..points import sample_at_points
+
+    b, _, _, d = tokens.shape
+    out_h, out_w = views[0].out_size
+    h, w = out_h // patch_size, out_w // patch_size
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centres = torch.stack([xs, ys], -1).reshape(-1, 2).float() * patch_size + (patch_size - 1) / 2
+    centres = centres.to(tokens.device)
+    points = torch.stack([v.points_to_source(centres) for v in views])  # (B, h'*w', 2)
+    return sample_at_points(tokens, points, patch_size, "bilinear").view(b, h, w, d)
 
 
 def _stack(x, y, like):

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..registry import Registry
 from ..trackers.base import Tracks
-from ..views import ViewTransform
+from ..data.transforms import ViewTransform
 
 
 @dataclass
@@ -30,8 +30,8 @@ class ObjectiveInputs:
         student_token_mask: optional (B, S, h, w) bool, True where the student's token
             was dropped (masking); points on dropped tokens give no student prediction.
         student_frames: the clip frames that ``student_tokens`` holds, in order.
-        view: for objectives with ``student_view = True``, the random crop/flip Phi
-            of each clip (:class:`mosic.views.ViewTransform`) ...
+        views: for objectives with ``student_view = True``, the random crop/flip Phi
+            of each clip (one :class:`mosic.data.transforms.ViewTransform` per clip) ...
         student_view_tokens: ... and the student's (B, h, w, D) tokens of Phi(frame 0)
             (no masking), with grad.
     """
@@ -42,7 +42,7 @@ class ObjectiveInputs:
     patch_size: int
     student_token_mask: torch.Tensor | None = None
     student_frames: tuple[int, ...] = (0,)
-    view: ViewTransform | None = None
+    views: list[ViewTransform] | None = None
     student_view_tokens: torch.Tensor | None = None
 
     def student_frame(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,14 +83,15 @@ class Objective(nn.Module, ABC):
     #: False: the objective never reads the tracks, so the trainer runs no tracker and
     #: passes static tracks (the query grid, visible everywhere)
     uses_tracks: bool = True
-    #: True: the student also runs on a random crop/flip Phi of frame 0 (see ``sample_view``)
+    #: True: the student also runs on a random crop/flip Phi of frame 0 (see ``sample_views``)
     student_view: bool = False
 
     @abstractmethod
     def forward(self, inputs: ObjectiveInputs, teacher: "Objective") -> ObjectiveOutput: ...
 
-    def sample_view(self, seeds: Sequence[int], height: int, width: int) -> ViewTransform | None:
-        """The Phi of each clip (from its sample seed) when ``student_view`` is True."""
+    def sample_views(self, seeds: Sequence[int], height: int, width: int) -> list[ViewTransform] | None:
+        """The Phi of each clip, drawn from its sample seed (exact resume), when
+        ``student_view`` is True; see :func:`mosic.data.transforms.random_resized_crop`."""
         return None
 
     def after_optimizer_step(self) -> None:
