@@ -221,7 +221,7 @@ def run_tracker(name: str, kwargs: dict, init: str, config: mosic.RunConfig, arg
         tracker,
         held_out,
         num_frames=data.num_frames,
-        frame_stride=data.frame_stride,
+        frame_stride=data.stride,
         size=data.size,
         grid_size=args.eval_grid,
         device=trainer.device,
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     })
     train = open_videos(args.videos)
     size = getattr(train, "size", (args.size, args.size))
-    span = max(config.data.frame_stride * (config.data.num_frames - 1), EVAL_STRIDE * (EVAL_FRAMES - 1)) + 1
+    span = max(config.data.stride * (config.data.num_frames - 1), EVAL_STRIDE * (EVAL_FRAMES - 1)) + 1
     held_out = SyntheticVideos(
         num_videos=args.eval_videos,
         num_frames=max(24, span),
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "size": clip_size,
         "steps": args.steps,
         "videos": args.videos,
-        "tracking_eval": f"{held_out!r}: {config.data.num_frames} frames {config.data.frame_stride} apart at "
+        "tracking_eval": f"{held_out!r}: {config.data.num_frames} frames {config.data.stride} apart at "
         f"{clip_size} px per clip (the training clips' length and stride), a {args.eval_grid}x{args.eval_grid} "
         "query grid on frame 0",
         "clustering_eval": f"the same held-out videos, {EVAL_FRAMES} frames {EVAL_STRIDE} apart per clip",

@@ -26,9 +26,15 @@ def create_tracker(name: str, **kwargs) -> Tracker:
     return TRACKERS.create(name, **kwargs)
 
 
-def create_objective(name: str, **kwargs) -> Objective:
-    """Build a registered objective; needs ``embed_dim`` of the backbone."""
-    return OBJECTIVES.create(name, **kwargs)
+def create_objective(name: str, embed_dim: int, **kwargs) -> Objective:
+    """Build a registered objective or a weighted sum (``"mosic + 0.1 correspondence"``)
+    for a backbone of width ``embed_dim``. ``kwargs`` are the objective's arguments; for a
+    sum, each term receives those it accepts."""
+    from .objectives.composite import build_objective, is_composite
+
+    if is_composite(name):
+        return build_objective(name, embed_dim, fields=kwargs)
+    return build_objective(name, embed_dim, kwargs=kwargs)
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 
 from .config import RunConfig
@@ -13,7 +14,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="post-pretrain from a config file")
-    fit.add_argument("--config", help="YAML/JSON RunConfig (default: the paper's defaults)")
+    fit.add_argument("--config", help="YAML/JSON RunConfig or a preset name (`mosic list presets`; default: the paper's defaults)")
     fit.add_argument("--videos", help="folder of videos or frame folders, a video file, or 'synthetic:num_videos=64' (default: data.videos)")
     fit.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
     fit.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
@@ -24,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
 
     lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("kind", choices=["backbones", "trackers", "objectives"])
+    lst.add_argument("kind", choices=["backbones", "trackers", "objectives", "presets"])
     lst.add_argument("-v", "--verbose", action="store_true", help="print each backbone's card and parameter count")
     lst.add_argument("pattern", nargs="?", help="glob filter, e.g. 'dinov2*'")
 
@@ -39,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
     track.add_argument("--tracker", help="registered tracker (default: the config's tracker.name)")
     track.add_argument("--weights", help="local tracker weights file (default: the tracker's own download)")
     track.add_argument("--grid", type=int, help="G of the G x G source-frame grid (default: dense enough for the smallest crop)")
-    track.add_argument("--start-step", type=int, help="frames between cached clip starts (default: data.frame_stride)")
+    track.add_argument("--start-step", type=int, help="frames between cached clip starts (default: the clip frame stride)")
     track.add_argument("--track-size", type=int, default=384, help="shorter side frames are resized to (never upscaled)")
     track.add_argument("--batch-size", type=int, default=8, help="clips tracked together")
     track.add_argument("--device", default="auto")
@@ -91,10 +92,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         import mosic
 
-        lister = {"backbones": mosic.list_backbones, "trackers": mosic.list_trackers, "objectives": mosic.list_objectives}
+        from .config import list_presets, preset_summary
+
+        lister = {
+            "backbones": mosic.list_backbones,
+            "trackers": mosic.list_trackers,
+            "objectives": mosic.list_objectives,
+            "presets": lambda pattern: [p for p in list_presets() if pattern is None or fnmatch.fnmatch(p, pattern)],
+        }
         for name in lister[args.kind](args.pattern):
             if args.verbose and args.kind == "backbones":
                 print(_backbone_summary(name))
+            elif args.kind == "presets":
+                print(f"{name}: {preset_summary(name)}" if args.verbose else name)
             else:
                 print(name)
         return 0
@@ -109,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote the {args.model} in {args.format} format to {out}; how to load it: {out / 'mosic.json'}")
         return 0
     if args.command == "config":
-        config = RunConfig.from_file(args.config) if args.config else RunConfig()
+        config = RunConfig.load(args.config) if args.config else RunConfig()
         print(config.with_overrides(args.overrides).to_yaml(), end="")
         return 0
     if args.command == "demo":
@@ -121,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "fit":
         from .trainer import PostPretrainer
 
-        config = RunConfig.from_file(args.config) if args.config else RunConfig()
+        config = RunConfig.load(args.config) if args.config else RunConfig()
         config = config.with_overrides(args.overrides)
         trainer = PostPretrainer(config=config).fit(args.videos, resume=args.resume)
         where = trainer.config.train.out_dir or "(no out_dir: nothing saved)"
@@ -139,7 +149,7 @@ def _track(args: argparse.Namespace) -> int:
     from .trackers.base import TRACKERS
     from .trackers.cache import CacheSettings, default_cache_grid, weights_digest, write_track_cache
 
-    config = (RunConfig.from_file(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
+    config = (RunConfig.load(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
     name = args.tracker or config.tracker.name
     kwargs = dict(config.tracker.kwargs)
     if args.weights:
@@ -150,8 +160,8 @@ def _track(args: argparse.Namespace) -> int:
         weights=weights_digest(weights) if isinstance(weights, str) else ("none" if weights is None else str(weights)),
         grid_size=args.grid or default_cache_grid(config.tracker.grid_size, config.data.crop_scale[0]),
         num_frames=config.data.num_frames,
-        frame_stride=config.data.frame_stride,
-        start_step=args.start_step or config.data.frame_stride,
+        frame_stride=config.data.stride,
+        start_step=args.start_step or config.data.stride,
         track_size=args.track_size,
     )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ class TrackerConfig(_Section):
         description="registered tracker (paper: cotracker3, offline); lk needs no weights; oracle is the "
         "ground truth of synthetic clips; see `mosic list trackers`",
     )
-    grid_size: int = Field(16, ge=1, description="G of the G x G query grid on frame 0 (paper: 16)")
+    grid_size: int = Field(16, ge=1, description="G of the G x G query grid on frame 0 (paper Table 6c: 16)")
     cache: str | None = Field(
         None,
         description="a track cache from `mosic track` (tracks computed once per video); None tracks inside every step",
@@ -53,19 +53,37 @@ class TrackerConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
-    name: str = Field("mosic", description="registered objective, see `mosic list objectives`")
-    num_prototypes: int = Field(100, ge=2, description="K prototypes (paper: 100)")
+    name: str = Field(
+        "mosic",
+        description="registered objective (`mosic list objectives`) or a weighted sum of them, "
+        "e.g. 'mosic + 0.1 correspondence'",
+    )
+    num_prototypes: int = Field(100, ge=2, description="K prototypes (paper Table 6e: 100; 50-300 tried)")
     projection_dim: int = Field(256, ge=1)
     head_hidden_dims: list[int] = Field(
         default_factory=lambda: [2048, 2048],
         description="projection MLP hidden widths (paper: 2048, 2048; authors' code: 1024, 1024, 512)",
     )
-    temperature: float = Field(0.1, gt=0)
-    sinkhorn_epsilon: float = Field(0.05, gt=0)
-    sinkhorn_iterations: int = Field(10, ge=1)
-    loss_points: Literal["visible", "all"] = Field("visible", description="paper Table 6f: visible points only")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the student scores (paper: 0.1)")
+    sinkhorn_epsilon: float = Field(0.05, gt=0, description="Sinkhorn-Knopp entropic regularisation (paper: 0.05)")
+    sinkhorn_iterations: int = Field(10, ge=1, description="Sinkhorn-Knopp iterations (paper: 10)")
+    loss_points: Literal["visible", "all"] = Field(
+        "visible", description="paper Table 6f: the loss on visible (point, frame) entries only, or on all"
+    )
     mean_over_all: bool = Field(False, description="authors' code: visibility-weighted sum / all entries")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further arguments of the objective; for a sum, keyed by term: "
+        "objective.kwargs.correspondence.long_term_gap=3",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        from .objectives.composite import parse_objective_expression
+
+        parse_objective_expression(name)
+        return name
 
 
 class DataConfig(_Section):
@@ -73,14 +91,37 @@ class DataConfig(_Section):
         None,
         description="folder of videos or frame folders, video files, or 'synthetic:num_videos=64,size=64'",
     )
-    num_frames: int = Field(12, ge=2, description="frames per clip (paper: 12)")
-    frame_stride: int = Field(6, ge=1, description="source frames between clip frames (authors: 6, ~2.2 s at 30 fps)")
+    num_frames: int = Field(12, ge=2, description="frames per clip (paper Table 6h: 12)")
+    clip_seconds: float = Field(
+        3.2,
+        gt=0,
+        description="clip length (paper Table 6g: 3.2 s), i.e. one frame every clip_seconds / num_frames "
+        "seconds at `fps`; ignored when frame_stride is set",
+    )
+    fps: float = Field(30.0, gt=0, description="frame rate of the training videos (YouTube-VOS all_frames: 30)")
+    frame_stride: int | None = Field(
+        None,
+        ge=1,
+        description="source frames between clip frames; None derives it from clip_seconds "
+        "(paper: 3.2 s / 12 frames at 30 fps = 8; the authors' script: 6, ~2.2 s)",
+    )
     size: int = Field(224, ge=8, description="training view size in pixels (square)")
-    crop_scale: tuple[float, float] = Field((0.4, 1.0), description="RandomResizedCrop area interval (paper: [0.4, 1])")
+    crop_scale: tuple[float, float] = Field(
+        (0.4, 1.0), description="RandomResizedCrop area interval (paper Table 6d: [0.4, 1]; (1, 1) = no crop)"
+    )
     flip_probability: float = Field(0.0, ge=0, le=1, description="horizontal flip (paper: none)")
-    global_batch_size: int = Field(64, ge=1, description="clips per optimisation step over all processes")
+    global_batch_size: int = Field(
+        64, ge=1, description="clips per optimisation step over all processes (paper and authors: 64)"
+    )
     num_workers: int = Field(4, ge=0)
     backend: Literal["auto", "decord", "pyav"] = "auto"
+
+    @property
+    def stride(self) -> int:
+        """The frame stride in use: ``frame_stride``, or ``round(clip_seconds * fps / num_frames)``."""
+        if self.frame_stride is not None:
+            return self.frame_stride
+        return max(1, round(self.clip_seconds * self.fps / self.num_frames))
 
     @model_validator(mode="after")
     def _check_scale(self) -> "DataConfig":
@@ -105,9 +146,11 @@ class TrainConfig(_Section):
     epochs: int = Field(8, ge=1, description="passes over the videos (paper: 8 for DINOv2)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
     ema: bool = Field(True, description="EMA teacher (paper Table 6b); False: teacher = student")
-    ema_momentum: float = Field(0.99, ge=0, le=1)
+    ema_momentum: float = Field(0.99, ge=0, le=1, description="EMA momentum (paper: 0.99, constant)")
     ema_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: momentum -> 1")
-    mask_ratio: float = Field(0.1, ge=0, lt=1, description="student token masking (paper: 10%; authors' script: 0)")
+    mask_ratio: float = Field(
+        0.1, ge=0, lt=1, description="student token masking (paper Table 6a: 10%; authors' script: 0)"
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     seed: int = 0
@@ -144,6 +187,21 @@ class RunConfig(_Section):
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
         return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, spec: str | Path) -> "RunConfig":
+        """A YAML/JSON file, or the name of a packaged preset (``mosic list presets``)."""
+        path = Path(spec)
+        if path.is_file():
+            return cls.from_file(path)
+        presets = list_presets()
+        if str(spec) in presets:
+            return cls.from_file(PRESETS_DIR / f"{spec}.yaml")
+        close = difflib.get_close_matches(str(spec), presets, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise FileNotFoundError(
+            f"{spec!r} is neither a config file nor a preset; {hint}presets: {', '.join(presets)}"
+        )
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "RunConfig":
         """A copy with ``{"train.max_steps": 10}``, ``["train.max_steps=10"]`` or
@@ -189,6 +247,22 @@ class RunConfig(_Section):
         path = Path(path)
         text = self.model_dump_json(indent=2) if path.suffix == ".json" else self.to_yaml()
         path.write_text(text)
+
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets: the paper's main runs (``mosic/configs/*.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_summary(name: str) -> str:
+    """The first comment line of a preset (what run it reproduces)."""
+    for line in (PRESETS_DIR / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
 
 
 def _parse_assignment(item: str) -> tuple[str, Any]:

@@ -22,6 +22,10 @@ class Learner(nn.Module):
     def tokens(self, images: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, 3, H, W) normalised frames -> (B, F, h, w, D) patch tokens."""
         b, f = images.shape[:2]
+        if f == 0:  # objectives with student_frames = () (e.g. view-only): no backbone call
+            p = self.backbone.patch_size
+            shape = (b, 0, images.shape[-2] // p, images.shape[-1] // p, self.backbone.embed_dim)
+            return images.new_zeros(shape)
         mask = None if token_mask is None else token_mask.flatten(0, 1)
         tokens = self.backbone.patch_tokens(images.flatten(0, 1), mask)
         return tokens.unflatten(0, (b, f))

@@ -11,7 +11,6 @@ batch, atomic checkpoints and exact resume.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import random
 import time
@@ -37,7 +36,8 @@ from .data.clips import ClipDataset, ClipMeta, collate_clips
 from .data.transforms import apply_views
 from .ema import ema_momentum, ema_update_
 from .learner import Learner
-from .objectives.base import OBJECTIVES, Objective
+from .objectives.base import Objective
+from .objectives.composite import build_objective
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .trackers.base import TRACKERS, Tracker, Tracks, query_grid
 
@@ -53,7 +53,8 @@ class PostPretrainer:
         tracker: registered name or a :class:`~mosic.trackers.Tracker` instance.
         objective: registered name or an :class:`~mosic.objectives.Objective` instance.
         pretrained: True (hub download), False (random init) or a local weights path.
-        config: a :class:`RunConfig`, a dict, or a YAML/JSON path.
+        config: a :class:`RunConfig`, a dict, a YAML/JSON path or a preset name
+            (``"dinov2-s14"``, see ``mosic list presets``).
         **overrides: config fields by name (``max_steps=100``, ``global_batch_size=8``,
             ``"optim.head_lr": 1e-3``).
 
@@ -153,7 +154,7 @@ class PostPretrainer:
         dataset = ClipDataset(
             source,
             data.num_frames,
-            data.frame_stride,
+            data.stride,
             data.size,
             data.crop_scale,
             data.flip_probability,
@@ -374,7 +375,7 @@ class PostPretrainer:
         expect = {
             "tracker": cfg.name,
             "num_frames": self.config.data.num_frames,
-            "frame_stride": self.config.data.frame_stride,
+            "frame_stride": self.config.data.stride,
         }
         if isinstance(cfg.kwargs.get("weights"), str):
             expect["weights"] = weights_digest(cfg.kwargs["weights"])
@@ -387,12 +388,8 @@ class PostPretrainer:
 
     def _create_objective(self, backbone: Backbone) -> Objective:
         cfg = self.config.objective
-        entry = OBJECTIVES.get(cfg.name)
-        accepted = inspect.signature(entry.factory).parameters
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         fields = cfg.model_dump(exclude={"name", "kwargs"})
-        kwargs = {k: v for k, v in fields.items() if takes_all or k in accepted}
-        return OBJECTIVES.create(cfg.name, embed_dim=backbone.embed_dim, **kwargs, **cfg.kwargs)
+        return build_objective(cfg.name, backbone.embed_dim, fields, cfg.kwargs)
 
     def _prepare_optimizer(self, total_steps: int) -> None:
         if self.optimizer is not None and self.total_steps == total_steps:
@@ -507,7 +504,7 @@ def _as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
         return config
     if isinstance(config, dict):
         return RunConfig.from_dict(config)
-    return RunConfig.from_file(config)
+    return RunConfig.load(config)
 
 
 def _describe(obj: Any) -> str:

@@ -152,9 +152,30 @@ class StaticObjective(MoSiCObjective):
 
     uses_tracks = False
 
-    def __init__(self, embed_dim: int, **kwargs):
-        kwargs.pop("target", None)
-        super().__init__(embed_dim, target="tracked", **kwargs)
+    def __init__(
+        self,
+        embed_dim: int,
+        num_prototypes: int = 100,
+        projection_dim: int = 256,
+        head_hidden_dims: Sequence[int] = (2048, 2048),
+        temperature: float = 0.1,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iterations: int = 10,
+        loss_points: Literal["visible", "all"] = "visible",
+        mean_over_all: bool = False,
+    ):
+        super().__init__(
+            embed_dim,
+            num_prototypes,
+            projection_dim,
+            head_hidden_dims,
+            temperature,
+            sinkhorn_epsilon,
+            sinkhorn_iterations,
+            loss_points,
+            mean_over_all,
+            target="tracked",
+        )
 
     def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
         return super().forward(inputs.replace(tracks=static_tracks(inputs.tracks)), teacher)
