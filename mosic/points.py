@@ -30,13 +30,15 @@ def sample_at_points(
         xy: (B, N, 2) (x, y) pixels of those images.
         mode: "bilinear" between patch centres (teacher) or "nearest" patch (student).
     Returns:
-        (B, N, D). Points outside the image read the nearest border patch.
+        (B, N, D) float32 (positions are never rounded to a low-precision dtype).
+        Points outside the image read the nearest border patch.
     """
     b, h, w, d = tokens.shape
     if xy.shape[0] != b or xy.shape[-1] != 2 or xy.ndim != 3:
         raise ValueError(f"xy must be (B={b}, N, 2), got {tuple(xy.shape)}")
-    grid = pixels_to_grid(xy, h * patch_size, w * patch_size).to(tokens.dtype).unsqueeze(2)  # (B, N, 1, 2)
+    # fp32 positions and features: a bf16 grid would round positions to ~1/128 of the image
+    grid = pixels_to_grid(xy, h * patch_size, w * patch_size).unsqueeze(2)  # (B, N, 1, 2)
     out = F.grid_sample(
-        tokens.permute(0, 3, 1, 2), grid, mode=mode, padding_mode="border", align_corners=False
+        tokens.float().permute(0, 3, 1, 2), grid, mode=mode, padding_mode="border", align_corners=False
     )  # (B, D, N, 1)
     return out.squeeze(-1).transpose(1, 2)

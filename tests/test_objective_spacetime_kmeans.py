@@ -14,6 +14,7 @@ from mosic.objectives.spacetime_kmeans import batched_kmeans, sinusoidal_positio
 from mosic.trackers import Tracks
 
 TAU = 0.1
+SMALL_HEAD = {"projection_dim": 4, "head_hidden_dims": ()}  # cheap to build
 
 
 def inputs_for(student, teacher, mask=None):
@@ -159,7 +160,7 @@ def hand_example(query_labels=QUERY_LABELS):
     return student, teacher, labels
 
 
-def expected_loss(queries):
+def expected_loss(queries, refs=REFS):
     """-log Y_hat[label] by hand: softmax over the kept references, then the mass of each cluster."""
     terms = []
     for q in queries:
@@ -167,7 +168,7 @@ def expected_loss(queries):
         num = {0: 0.0, 1: 0.0}
         for r, label in enumerate(REF_LABELS):
             if label >= 0:
-                num[label] += math.exp(float(zq @ (REFS[r] / REFS[r].norm())) / TAU)
+                num[label] += math.exp(float(zq @ (refs[r] / refs[r].norm())) / TAU)
         terms.append(-math.log(num[QUERY_LABELS[q]] / (num[0] + num[1])))
     return sum(terms) / len(terms)
 
@@ -183,6 +184,16 @@ def test_loss_on_a_hand_computed_example():
     assert float(out.metrics["clusters_kept"]) == 2
     assert float(out.metrics["ignored_fraction"]) == pytest.approx(2 / 8)
     assert 0 <= float(out.metrics["agreement"]) <= 1
+
+
+def test_the_references_go_through_the_teacher_objectives_head():
+    student_obj, teacher_obj = identity_objective(), identity_objective()
+    with torch.no_grad():
+        teacher_obj.head.mlp[0].weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # swaps the two axes
+    student, teacher, labels = hand_example()
+    student_obj.pseudo_labels = lambda tokens: labels
+    out = student_obj(inputs_for(student, teacher), teacher=teacher_obj)
+    assert float(out.loss.detach()) == pytest.approx(expected_loss([0, 1, 3], refs=REFS.flip(-1)), abs=1e-5)
 
 
 def test_frame0_tokens_of_clusters_absent_from_the_references_are_skipped():
@@ -237,15 +248,27 @@ def test_matching_student_scores_lower_than_a_shuffled_one():
     assert float(loss_same.metrics["agreement"]) == 1.0
 
 
+def test_bf16_autocast_gives_an_fp32_loss():
+    torch.manual_seed(0)
+    obj = SpaceTimeKMeansObjective(embed_dim=8, num_clusters=3, projection_dim=4, head_hidden_dims=(16,))
+    teacher = torch.randn(2, 3, 4, 4, 8).bfloat16()
+    student = torch.randn(2, 1, 4, 4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = obj(inputs_for(student, teacher), teacher=obj)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(student.grad).all()
+
+
 # ---- options --------------------------------------------------------------------------------
 def test_reference_frames_and_bad_options_fail_fast():
-    obj = SpaceTimeKMeansObjective(embed_dim=4, num_reference_frames=2)
+    obj = SpaceTimeKMeansObjective(embed_dim=4, num_reference_frames=2, **SMALL_HEAD)
     assert list(obj.reference_frames(5)) == [3, 4]
-    assert list(SpaceTimeKMeansObjective(embed_dim=4).reference_frames(5)) == [1, 2, 3, 4]
+    assert list(SpaceTimeKMeansObjective(embed_dim=4, **SMALL_HEAD).reference_frames(5)) == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="num_reference_frames"):
         obj.reference_frames(2)
     with pytest.raises(ValueError, match="T >= 2"):
-        SpaceTimeKMeansObjective(embed_dim=4).reference_frames(1)
+        SpaceTimeKMeansObjective(embed_dim=4, **SMALL_HEAD).reference_frames(1)
     with pytest.raises(ValueError, match="num_clusters"):
         SpaceTimeKMeansObjective(embed_dim=4, num_clusters=1)
     for bad in (0.0, 1.5):
@@ -253,8 +276,8 @@ def test_reference_frames_and_bad_options_fail_fast():
             SpaceTimeKMeansObjective(embed_dim=4, max_cluster_fraction=bad)
     with pytest.raises(ValueError, match="position_dim"):
         SpaceTimeKMeansObjective(embed_dim=4, position_dim=10)
-    assert SpaceTimeKMeansObjective(embed_dim=384).position_dim == 48
-    created = OBJECTIVES.create("spacetime-kmeans", embed_dim=4, num_clusters=3)
+    assert SpaceTimeKMeansObjective(embed_dim=384, **SMALL_HEAD).position_dim == 48
+    created = OBJECTIVES.create("spacetime-kmeans", embed_dim=4, num_clusters=3, **SMALL_HEAD)
     assert isinstance(created, SpaceTimeKMeansObjective) and not created.uses_tracks
 
 

@@ -51,3 +51,14 @@ def test_gather_equals_upsample_then_index():
     xy = torch.stack([torch.randint(0, w * p, (b, 50)), torch.randint(0, h * p, (b, 50))], -1)
     expected = torch.stack([up[i, :, xy[i, :, 1], xy[i, :, 0]].t() for i in range(b)])
     assert torch.allclose(sample_at_points(tokens, xy.float(), p, "bilinear"), expected, atol=1e-5)
+
+
+def test_bf16_tokens_are_read_at_exact_fp32_positions():
+    # token value = its column index (exact in bf16); bilinear reads give x in patch units
+    h = w = 16
+    tokens = torch.arange(w, dtype=torch.float32).expand(1, h, w)[..., None].bfloat16()
+    xy = torch.stack([torch.linspace(7.0, 216.0, 97), torch.full((97,), 100.0)], -1)[None]
+    read = sample_at_points(tokens, xy, 14, "bilinear")
+    assert read.dtype == torch.float32
+    expected = (xy[0, :, 0] - 6.5) / 14  # pixel x -> fractional patch-centre index
+    assert torch.allclose(read[0, :, 0], expected, atol=1e-4)  # a bf16 grid is off by up to ~0.06

@@ -52,7 +52,7 @@ weight-1 objective (e.g. MoSiC's) it reproduces eq. 16.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -217,7 +217,7 @@ class SpaceTimeKMeansObjective(Objective):
         position_weight: weight of the per-axis normalised position code next to the
             unit-norm features (0: features only).
         position_dim: channels P of the position code, a multiple of 6 (default: 48,
-            or the largest multiple of 6 not above ``embed_dim`` when that is smaller).
+            or the largest multiple of 6 not above ``embed_dim`` when that is smaller, at least 6).
         temperature: softmax temperature of the affinity (0.1).
         projection_dim, head_hidden_dims: the projection head, as in MoSiCObjective.
         num_reference_frames: None: every frame 1..T-1 is a reference; N: the last N.

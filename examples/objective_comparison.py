@@ -1,0 +1,175 @@
+"""Compare objectives on synthetic videos: same backbone init, data, seeds and steps.
+
+Each run post-pretrains the demo's randomly initialised ViT (``mosic demo``'s config:
+ViT-Ti layout, depth 6, patch 8, 64 px, oracle tracks, 8 frames, global batch 8) with
+one objective, then measures on 16 held-out synthetic videos:
+
+- class clustering mIoU (one K-means over the dataset, K = 5, Hungarian matched),
+- instance clustering mIoU (K-means per clip, K = its number of instances),
+- track consistency: for every ground-truth track visible in frame t > 0, whether the
+  teacher feature at its position in frame t has, among the features of all 64 query
+  points in frame 0, its own query point as nearest neighbour (cosine). This is what
+  the MoSiC loss asks for (the same physical point keeps its cluster over time);
+- the fraction of (point, frame) targets on which tracked and static targets differ
+  under the initial teacher (how different the supervision of `mosic` and `static` is).
+
+Usage::
+
+    python examples/objective_comparison.py --out runs/objectives            # ~20 min on 2 CPU cores
+    python examples/objective_comparison.py --smoke --out /tmp/objectives    # seconds, for the tests
+    python examples/objective_comparison.py --stride 6 --objectives mosic static
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mosic
+from mosic.data import SyntheticVideos
+from mosic.demo import demo_config
+from mosic.eval.clustering import evaluate_video_clustering
+from mosic.points import sample_at_points
+from mosic.trackers import OracleTracker, query_grid
+
+OBJECTIVES = ["mosic", "mosic-propagated", "static", "spacetime-kmeans", "correspondence"]
+EVAL_FRAMES, EVAL_STRIDE, EVAL_GRID = 8, 2, 8
+
+
+@torch.no_grad()
+def track_consistency(backbone: mosic.Backbone, source: SyntheticVideos, frame_stride: int = EVAL_STRIDE) -> float:
+    """Fraction of visible (point, frame > 0) entries whose nearest frame-0 query feature
+    is its own (features read bilinearly at the ground-truth track positions)."""
+    was_training = backbone.training
+    backbone.eval()
+    hits = total = 0
+    frames_index = [i * frame_stride for i in range(EVAL_FRAMES)]
+    try:
+        for v in range(len(source)):
+            frames = torch.from_numpy(source.read_frames(v, frames_index)).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
+            h, w = frames.shape[-2:]
+            queries = query_grid(h, w, EVAL_GRID)[None]
+            meta = mosic.data.ClipMeta(
+                source.video_name(v), v, frames_index, mosic.data.ViewTransform.identity(h, w), 0, source.ground_truth(v)
+            )
+            tracks = OracleTracker().track(frames, queries, clips=[meta])
+            tokens = backbone.patch_tokens(backbone.preprocess(frames[0]))  # (T, h, w, D)
+            features = F.normalize(sample_at_points(tokens, tracks.xy[0], backbone.patch_size, "bilinear"), dim=-1)  # (T, N, D)
+            nearest = (features[1:] @ features[0].T).argmax(-1)  # (T-1, N)
+            own = torch.arange(features.shape[1]).expand_as(nearest)
+            visible = tracks.visible[0, 1:] & tracks.visible[0, :1]
+            hits += int(((nearest == own) & visible).sum())
+            total += int(visible.sum())
+    finally:
+        backbone.train(was_training)
+    return 100.0 * hits / max(total, 1)
+
+
+@torch.no_grad()
+def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) -> float:
+    """% of visible (point, frame > 0) entries whose teacher Sinkhorn target differs between
+    tracked positions (`mosic`) and still positions (`static`), under the current teacher."""
+    from mosic.data.clips import ClipDataset, collate_clips
+    from mosic.objectives import MoSiCObjective, ObjectiveInputs
+    from mosic.objectives.mosic import static_tracks
+
+    data = trainer.config.data
+    dataset = ClipDataset(source, data.num_frames, data.stride, data.size, data.crop_scale, 0.0, seed=1)
+    batch = collate_clips([dataset[(0, i)] for i in range(len(source))])
+    frames = batch["frames"]
+    b, t, _, h, w = frames.shape
+    tracks = OracleTracker().track(frames, query_grid(h, w, trainer.config.tracker.grid_size).expand(b, -1, -1), clips=batch["meta"])
+    backbone = trainer.teacher
+    tokens = trainer.teacher_learner.tokens(backbone.preprocess(frames))
+    objective = trainer.teacher_learner.objective
+    if not isinstance(objective, MoSiCObjective):
+        return float("nan")
+    used = tracks.visible & tracks.visible[:, :1]
+    inputs = ObjectiveInputs(tokens[:, :1], tokens, tracks, backbone.patch_size)
+    moving = objective.teacher_targets(inputs, objective, used)
+    still = objective.teacher_targets(inputs.replace(tracks=static_tracks(tracks)), objective, used)
+    later = used[:, 1:]
+    return 100.0 * float((moving[:, 1:] != still[:, 1:])[later].float().mean())
+
+
+def run(objectives: list[str], steps: int, out: Path, stride: int, train_videos: int, eval_videos: int, smoke: bool) -> dict:
+    train = SyntheticVideos(num_videos=train_videos, num_frames=24 if stride <= 2 else 8 * stride, size=64, seed=0)
+    held_out = SyntheticVideos(num_videos=eval_videos, num_frames=24, size=64, seed=10_000)
+    rows: dict[str, dict] = {}
+    for name in objectives:
+        overrides = {"objective.name": name, "train.progress": False, "data.frame_stride": stride}
+        if smoke:
+            overrides.update({"backbone.kwargs.depth": 1, "objective.head_hidden_dims": [32], "objective.num_prototypes": 16,
+                              "data.global_batch_size": 2, "data.num_workers": 0, "train.checkpoint_every": 1000})
+        config = demo_config(steps, out / name).with_overrides(overrides)
+        torch.manual_seed(0)
+        trainer = mosic.PostPretrainer(config=config)
+        if "before" not in rows:
+            rows["before"] = evaluate(trainer, held_out)
+            rows["before"]["target_difference"] = target_difference(trainer, held_out)
+        start = time.perf_counter()
+        trainer.fit(train)
+        rows[name] = evaluate(trainer, held_out)
+        rows[name]["train_seconds"] = round(time.perf_counter() - start, 1)
+        rows[name]["first_loss"] = trainer.history[0]["loss"]
+        rows[name]["final_loss"] = trainer.history[-1]["loss"]
+        print(f"{name}: {rows[name]}", flush=True)
+    return rows
+
+
+def evaluate(trainer: mosic.PostPretrainer, held_out: SyntheticVideos) -> dict:
+    result = evaluate_video_clustering(trainer.teacher, held_out, num_frames=EVAL_FRAMES, frame_stride=EVAL_STRIDE)
+    return {
+        "dataset_miou": round(result["dataset_miou"], 1),
+        "clip_miou": round(result["clip_miou"], 1),
+        "track_consistency": round(track_consistency(trainer.teacher, held_out), 1),
+    }
+
+
+def format_table(rows: dict) -> str:
+    lines = [
+        "| run | class clustering mIoU | instance clustering mIoU | track consistency (%) | loss first -> last | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        loss = f"{r['first_loss']:.3f} -> {r['final_loss']:.3f}" if "final_loss" in r else "-"
+        lines.append(
+            f"| {name} | {r['dataset_miou']:.1f} | {r['clip_miou']:.1f} | {r['track_consistency']:.1f} | {loss} | {r.get('train_seconds', '-')} |"
+        )
+    if "target_difference" in rows.get("before", {}):
+        lines.append("")
+        lines.append(f"Initial teacher: tracked and static targets differ on {rows['before']['target_difference']:.1f}% of visible later-frame entries.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--objectives", nargs="+", default=OBJECTIVES)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--stride", type=int, default=2, help="source frames between clip frames")
+    parser.add_argument("--train-videos", type=int, default=64)
+    parser.add_argument("--eval-videos", type=int, default=16)
+    parser.add_argument("--out", default="runs/objectives")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the script, measures nothing")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.train_videos, args.eval_videos = 2, 4, 2
+    out = Path(args.out)
+    rows = run(args.objectives, args.steps, out, args.stride, args.train_videos, args.eval_videos, args.smoke)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    table = format_table(rows)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,73 @@
+"""The objective examples: a registered custom objective, and the objective comparison (smoke)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(script: str, *args: str, timeout: int = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--smoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_register_custom_objective_smoke(tmp_path):
+    out = run_example("register_custom_objective.py", "--out", str(tmp_path / "run"))
+    assert "mosic-soft" in out.splitlines()[0]
+    assert "trained 3 steps with mosic-soft" in out
+    assert "reloaded from" in out and "SoftMoSiC" in out
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def test_soft_targets_become_mosic_hard_targets_when_sharpened():
+    from mosic.objectives import MoSiCObjective, ObjectiveInputs
+    from mosic.trackers import Tracks
+
+    example = load_example("register_custom_objective")
+    torch.manual_seed(0)
+    hard = MoSiCObjective(embed_dim=8, num_prototypes=5, projection_dim=4, head_hidden_dims=(16,))
+    soft = example.SoftMoSiC(embed_dim=8, num_prototypes=5, projection_dim=4, head_hidden_dims=(16,), target_sharpness=200.0)
+    soft.load_state_dict(hard.state_dict())
+    grid = torch.tensor([[x * 4 + 1.5, y * 4 + 1.5] for y in range(3) for x in range(3)])
+    xy = (grid + torch.randn(2, 3, 9, 2)).clamp(0, 11)
+    xy[:, 0] = grid
+    visible = torch.rand(2, 3, 9) > 0.3
+    visible[:, 0] = True
+    inputs = ObjectiveInputs(torch.randn(2, 1, 3, 3, 8), torch.randn(2, 3, 3, 3, 8), Tracks(xy, visible), 4)
+    assert torch.allclose(soft(inputs, teacher=soft).loss, hard(inputs, teacher=hard).loss, atol=1e-3)
+    soft.target_sharpness = 1.0  # Sinkhorn's own soft codes: a different cross-entropy
+    assert not torch.allclose(soft(inputs, teacher=soft).loss, hard(inputs, teacher=hard).loss, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_objective_comparison_smoke(tmp_path):
+    out = run_example("objective_comparison.py", "--out", str(tmp_path), timeout=600)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert set(rows) == {"before", "mosic", "mosic-propagated", "static", "spacetime-kmeans", "correspondence"}
+    for name, row in rows.items():
+        assert 0 <= row["dataset_miou"] <= 100 and 0 <= row["clip_miou"] <= 100, name
+        assert 0 <= row["track_consistency"] <= 100, name
+    assert 0 < rows["before"]["target_difference"] <= 100
+    assert "| static |" in out and "tracked and static targets differ" in out
