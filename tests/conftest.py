@@ -1,4 +1,8 @@
+import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +34,28 @@ def synthetic():
     from mosic.data.synthetic import SyntheticVideos
 
     return SyntheticVideos(num_videos=8, num_frames=12, size=32, seed=0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(script: str, *args: str, timeout: int = 300) -> str:
+    """Run ``examples/<script> --smoke <args>`` as a user does (a subprocess, offline); its stdout."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--smoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (its registrations run)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,40 +1,14 @@
 """The tracker examples run end to end in smoke mode (as a user runs them: subprocesses)."""
 
-import importlib.util
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_example, run_example
 
 import mosic
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_example(script: str, *args: str, timeout: int = 170) -> str:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--smoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_register_custom_tracker_smoke(tmp_path):

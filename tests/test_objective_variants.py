@@ -12,7 +12,6 @@ from mosic.objectives import (
     CompositeObjective,
     MoSiCObjective,
     ObjectiveInputs,
-    StaticObjective,
     build_objective,
     parse_objective_expression,
 )
@@ -22,9 +21,9 @@ P = 4  # patch size: 3 x 3 patches of 12 x 12 images
 GRID = torch.tensor([[x * P + 1.5, y * P + 1.5] for y in range(3) for x in range(3)])  # (9, 2) patch centres
 
 
-def small(cls=MoSiCObjective, **kwargs):
+def small(**kwargs):
     torch.manual_seed(0)
-    return cls(embed_dim=8, num_prototypes=5, projection_dim=4, head_hidden_dims=(16,), **kwargs)
+    return MoSiCObjective(embed_dim=8, num_prototypes=5, projection_dim=4, head_hidden_dims=(16,), **kwargs)
 
 
 def inputs_with(xy, visible, teacher, student):
@@ -42,7 +41,7 @@ def moving_tracks(b=2, t=4):
 def test_static_ignores_the_tracks_and_equals_mosic_on_still_points():
     torch.manual_seed(1)
     teacher, student = torch.randn(2, 4, 3, 3, 8), torch.randn(2, 1, 3, 3, 8)
-    static = small(StaticObjective)
+    static = small(target="still")
     xy, visible = moving_tracks()
     other_visible = torch.rand(2, 4, 9) > 0.5
     other_visible[:, 0] = True
@@ -51,11 +50,12 @@ def test_static_ignores_the_tracks_and_equals_mosic_on_still_points():
     assert torch.equal(a, b)  # later positions and visibility are never read
 
     still = GRID.expand(2, 4, 9, 2).clone()
-    reference = small(MoSiCObjective)
+    reference = small()
     reference.load_state_dict(static.state_dict())
     expected = reference(inputs_with(still, torch.ones(2, 4, 9, dtype=torch.bool), teacher, student), teacher=reference).loss
     assert torch.allclose(a, expected)
-    assert not StaticObjective.uses_tracks and MoSiCObjective.uses_tracks
+    assert not static.uses_tracks and reference.uses_tracks
+    assert not mosic.create_objective("static", embed_dim=8).uses_tracks
 
 
 def test_tracked_and_propagated_agree_on_a_still_video_and_differ_when_points_move():
@@ -80,9 +80,9 @@ def test_tracked_and_propagated_agree_on_a_still_video_and_differ_when_points_mo
     assert not torch.allclose(tracked(drift, teacher=tracked).loss, propagated(drift, teacher=propagated).loss)
 
 
-@pytest.mark.parametrize("cls", [MoSiCObjective, StaticObjective])
-def test_gradients_reach_the_student_and_its_head_never_the_teacher(cls):
-    student_obj, teacher_obj = small(cls), small(cls)
+@pytest.mark.parametrize("target", ["tracked", "propagated", "still"])
+def test_gradients_reach_the_student_and_its_head_never_the_teacher(target):
+    student_obj, teacher_obj = small(target=target), small(target=target)
     teacher_obj.requires_grad_(False)
     xy, visible = moving_tracks()
     teacher_tokens = torch.randn(2, 4, 3, 3, 8, requires_grad=True)

@@ -7,7 +7,7 @@ from .base import OBJECTIVES, Objective, ObjectiveInputs, ObjectiveOutput, regis
 from .correspondence import CorrespondenceObjective
 from .composite import CompositeObjective, build_objective, parse_objective_expression
 from .head import ProjectionHead, Prototypes
-from .mosic import MoSiCObjective, StaticObjective
+from .mosic import MoSiCObjective
 from .spacetime_kmeans import SpaceTimeKMeansObjective
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "ObjectiveInputs",
     "ObjectiveOutput",
     "ProjectionHead",
-    "StaticObjective",
     "Prototypes",
     "SpaceTimeKMeansObjective",
     "build_objective",

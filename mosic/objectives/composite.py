@@ -6,6 +6,10 @@ correspondence paper's eq. 16 combines its losses this way). The sum is a
 :class:`CompositeObjective`: the student runs on the union of the terms' frames (and on
 the view when a term asks for one), each term scores its own head(s), and the loss is
 ``sum_i w_i * loss_i``; metrics are reported per term as ``"<term>/<metric>"``.
+
+``correspondence`` already weighs its short- and long-term parts with the paper's
+lambda1 = 0.1 and lambda2 = 0.5, so ``"mosic + correspondence"`` is that paper's eq. 16
+with MoSiC in the place of its segmentation loss; a weight in front scales both parts.
 """
 
 from __future__ import annotations

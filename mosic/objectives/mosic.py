@@ -4,9 +4,12 @@ For every query point i and frame t where the point is visible, the target is th
 teacher's Sinkhorn cluster of the feature at the point's tracked position in frame t
 (``target="tracked"``, what the authors' code does and the default), or the teacher's
 frame-0 cluster carried unchanged along the track (``target="propagated"``, the
-paper's eq. 8 taken literally). The prediction is the student's frame-0 score
-distribution at the query point (temperature 0.1); the loss is the cross-entropy,
-averaged over the visible (point, frame) entries of the global batch.
+paper's eq. 8 taken literally). ``target="still"`` is the no-motion baseline
+(registered as ``static``): every track is held at its query point and counted visible
+in every frame, so the target in frame t is the teacher's cluster at the query's pixel
+in frame t, whatever moved there; the tracker's output is never read. The prediction is
+the student's frame-0 score distribution at the query point (temperature 0.1); the loss
+is the cross-entropy, averaged over the visible (point, frame) entries of the global batch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .head import ProjectionHead, Prototypes
 
 @register_objective("mosic", target="tracked")
 @register_objective("mosic-propagated", target="propagated")
+@register_objective("static", target="still")
 class MoSiCObjective(Objective):
     """Motion-based Sinkhorn clustering.
 
@@ -40,7 +44,7 @@ class MoSiCObjective(Objective):
             "all" also uses occluded ones (the paper's Table 6f ablation).
         mean_over_all: divide by the number of all entries instead of the used ones
             (the authors' code: visibility-weighted sum over every point).
-        target: "tracked" or "propagated" (see the module docstring).
+        target: "tracked", "propagated" or "still" (see the module docstring).
     """
 
     student_frames = (0,)
@@ -56,13 +60,13 @@ class MoSiCObjective(Objective):
         sinkhorn_iterations: int = 10,
         loss_points: Literal["visible", "all"] = "visible",
         mean_over_all: bool = False,
-        target: Literal["tracked", "propagated"] = "tracked",
+        target: Literal["tracked", "propagated", "still"] = "tracked",
     ):
         super().__init__()
         if loss_points not in ("visible", "all"):
             raise ValueError(f"loss_points must be 'visible' or 'all', got {loss_points!r}")
-        if target not in ("tracked", "propagated"):
-            raise ValueError(f"target must be 'tracked' or 'propagated', got {target!r}")
+        if target not in ("tracked", "propagated", "still"):
+            raise ValueError(f"target must be 'tracked', 'propagated' or 'still', got {target!r}")
         self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim)
         self.prototypes = Prototypes(num_prototypes, projection_dim)
         self.temperature = temperature
@@ -71,6 +75,8 @@ class MoSiCObjective(Objective):
         self.loss_points = loss_points
         self.mean_over_all = mean_over_all
         self.target = target
+        #: "still" never reads the tracker's output: the trainer then runs no tracker
+        self.uses_tracks = target != "still"
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) backbone features -> (..., K) cosine scores against the prototypes."""
@@ -82,7 +88,8 @@ class MoSiCObjective(Objective):
     def teacher_targets(
         self, inputs: ObjectiveInputs, teacher: "MoSiCObjective", used: torch.Tensor
     ) -> torch.Tensor:
-        """(B, T, N) int64 cluster targets from the teacher's Sinkhorn assignment."""
+        """(B, T, N) int64 cluster targets from the teacher's Sinkhorn assignment at the
+        positions of ``inputs.tracks`` (frame 0 only for "propagated")."""
         xy = inputs.tracks.xy
         b, t, n, _ = xy.shape
         with torch.no_grad():
@@ -102,6 +109,8 @@ class MoSiCObjective(Objective):
             return targets.view(b, t, n)
 
     def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
+        if self.target == "still":
+            inputs = inputs.replace(tracks=static_tracks(inputs.tracks))
         tracks = inputs.tracks
         b, t, n, _ = tracks.xy.shape
         student_tokens, student_mask = inputs.student_frame(0)
@@ -137,48 +146,6 @@ class MoSiCObjective(Objective):
                 "clusters_used": (used_clusters > 0).float().sum(),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
-
-
-@register_objective("static")
-class StaticObjective(MoSiCObjective):
-    """The MoSiC loss without motion: the no-motion baseline.
-
-    Every track is replaced by its frame-0 query point, held still and visible in every
-    frame, so the target in frame t is the teacher's cluster at the query's position in
-    frame t, whatever moved there. The tracker's output is never read (``uses_tracks =
-    False``: the trainer runs no tracker), so any difference from ``mosic`` is what
-    motion adds. Arguments are :class:`MoSiCObjective`'s (``target`` is "tracked").
-    """
-
-    uses_tracks = False
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_prototypes: int = 100,
-        projection_dim: int = 256,
-        head_hidden_dims: Sequence[int] = (2048, 2048),
-        temperature: float = 0.1,
-        sinkhorn_epsilon: float = 0.05,
-        sinkhorn_iterations: int = 10,
-        loss_points: Literal["visible", "all"] = "visible",
-        mean_over_all: bool = False,
-    ):
-        super().__init__(
-            embed_dim,
-            num_prototypes,
-            projection_dim,
-            head_hidden_dims,
-            temperature,
-            sinkhorn_epsilon,
-            sinkhorn_iterations,
-            loss_points,
-            mean_over_all,
-            target="tracked",
-        )
-
-    def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
-        return super().forward(inputs.replace(tracks=static_tracks(inputs.tracks)), teacher)
 
 
 def static_tracks(tracks: Tracks) -> Tracks:
