@@ -98,6 +98,54 @@ def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) ->
     return 100.0 * float((moving[:, 1:] != still[:, 1:])[later].float().mean())
 
 
+def normalized_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI of two labelings, 2 I(a; b) / (H(a) + H(b)) (0: independent, 1: the same partition)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1.0)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mutual = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
+    entropy = float(-(pa[pa > 0] * np.log(pa[pa > 0])).sum() - (pb[pb > 0] * np.log(pb[pb > 0])).sum())
+    return 2.0 * mutual / entropy if entropy > 0 else 1.0
+
+
+@torch.no_grad()
+def target_information(trainer: mosic.PostPretrainer, source: SyntheticVideos) -> dict:
+    """What the teacher's Sinkhorn targets encode, on the frame-0 query points of held-out
+    clips (whole frames, 8 x 8 grid): NMI of the target cluster with the point's grid cell
+    (absolute position) and with its ground-truth class. MoSiC-family objectives only."""
+    from mosic.objectives import MoSiCObjective, ObjectiveInputs
+
+    objective = trainer.teacher_learner.objective
+    if not isinstance(objective, MoSiCObjective):
+        return {}
+    backbone = trainer.teacher
+    frames_index = [i * EVAL_STRIDE for i in range(EVAL_FRAMES)]
+    frames = torch.stack([torch.from_numpy(source.read_frames(v, frames_index)) for v in range(len(source))])
+    frames = frames.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+    b, t, _, h, w = frames.shape
+    queries = query_grid(h, w, EVAL_GRID)
+    xy = queries[:, 1:].expand(b, 1, -1, -1)
+    tokens = trainer.teacher_learner.tokens(backbone.preprocess(frames[:, :1]))
+    visible = torch.ones(xy.shape[:-1], dtype=torch.bool)
+    inputs = ObjectiveInputs(tokens, tokens, mosic.Tracks(xy, visible), backbone.patch_size)
+    targets = objective.teacher_targets(inputs, objective, visible)[:, 0].numpy()  # (B, N)
+    cols, rows = queries[:, 1].round().long().numpy(), queries[:, 2].round().long().numpy()
+    classes = np.stack([source.ground_truth(v).class_masks([0])[0][rows, cols] for v in range(b)])
+    cells = np.broadcast_to(np.arange(targets.shape[1]), targets.shape)
+    shuffled = np.random.default_rng(0).permutation(targets.ravel())  # chance level: same sizes, no relation
+    return {
+        "nmi_position": round(100 * normalized_mutual_information(targets.ravel(), cells.ravel()), 1),
+        "nmi_class": round(100 * normalized_mutual_information(targets.ravel(), classes.ravel()), 1),
+        "nmi_position_chance": round(100 * normalized_mutual_information(shuffled, cells.ravel()), 1),
+        "nmi_class_chance": round(100 * normalized_mutual_information(shuffled, classes.ravel()), 1),
+        "clusters": int(len(np.unique(targets))),
+    }
+
+
 def run(objectives: list[str], steps: int, out: Path, stride: int, train_videos: int, eval_videos: int, smoke: bool) -> dict:
     train = SyntheticVideos(num_videos=train_videos, num_frames=24 if stride <= 2 else 8 * stride, size=64, seed=0)
     held_out = SyntheticVideos(num_videos=eval_videos, num_frames=24, size=64, seed=10_000)
@@ -148,6 +196,22 @@ def format_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def diagnose(runs: list[Path], eval_videos: int) -> dict:
+    """Target diagnostics of saved runs (their latest checkpoints) and of their initial state."""
+    held_out = SyntheticVideos(num_videos=eval_videos, num_frames=24, size=64, seed=10_000)
+    rows: dict[str, dict] = {}
+    for run_dir in runs:
+        trainer = mosic.PostPretrainer.load(run_dir)
+        if "before" not in rows:
+            config = trainer.config.with_overrides({"objective.name": "mosic", "train.out_dir": None})
+            torch.manual_seed(0)
+            initial = mosic.PostPretrainer(config=config)
+            rows["before"] = {**target_information(initial, held_out), "target_difference": target_difference(initial, held_out)}
+        rows[trainer.config.objective.name] = {**target_information(trainer, held_out), "target_difference": target_difference(trainer, held_out)}
+        print(f"{run_dir}: {rows[trainer.config.objective.name]}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objectives", nargs="+", default=OBJECTIVES)
@@ -157,7 +221,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-videos", type=int, default=16)
     parser.add_argument("--out", default="runs/objectives")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the script, measures nothing")
+    parser.add_argument("--diagnose", nargs="+", metavar="RUN", help="only print target diagnostics of saved runs")
     args = parser.parse_args(argv)
+    if args.diagnose:
+        rows = diagnose([Path(r) for r in args.diagnose], 2 if args.smoke else args.eval_videos)
+        print("| run | NMI(target, position) (chance) | NMI(target, class) (chance) | clusters used | tracked vs static targets differ (%) |")
+        print("|---|---|---|---|---|")
+        for name, r in rows.items():
+            if "nmi_position" not in r:
+                continue
+            print(f"| {name} | {r['nmi_position']} ({r['nmi_position_chance']}) | {r['nmi_class']} ({r['nmi_class_chance']}) "
+                  f"| {r['clusters']} | {r['target_difference']:.1f} |")
+        return rows
     if args.smoke:
         args.steps, args.train_videos, args.eval_videos = 2, 4, 2
     out = Path(args.out)

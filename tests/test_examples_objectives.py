@@ -1,6 +1,7 @@
 """The objective examples: a registered custom objective, and the objective comparison (smoke)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -45,3 +46,16 @@ def test_objective_comparison_smoke(tmp_path):
         assert 0 <= row["track_consistency"] <= 100, name
     assert 0 < rows["before"]["target_difference"] <= 100
     assert "| static |" in out and "tracked and static targets differ" in out
+    diagnosed = run_example("objective_comparison.py", "--diagnose", str(tmp_path / "mosic"), str(tmp_path / "static"))
+    assert "| before |" in diagnosed and "| static |" in diagnosed and "NMI(target, position)" in diagnosed
+
+
+def test_normalized_mutual_information_on_known_cases():
+    example = load_example("objective_comparison")
+    nmi = example.normalized_mutual_information
+    a = [0, 0, 1, 1, 2, 2]
+    assert nmi(a, [5, 5, 7, 7, 9, 9]) == pytest.approx(1.0)  # the same partition, other names
+    assert nmi([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(0.0, abs=1e-12)  # independent
+    # b is a function of a (a coarsening): I(a; b) = H(b)
+    h_a, h_b = math.log(3), -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert nmi(a, [0, 0, 0, 0, 1, 1]) == pytest.approx(2 * h_b / (h_a + h_b))
