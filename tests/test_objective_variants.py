@@ -204,3 +204,31 @@ def test_presets_cover_the_papers_main_runs_and_unknown_names_say_so():
     assert {"dinov2-s14", "dinov2-b14", "dino-s16", "eva-clip-b14", "dinov2r-b14"} <= set(list_presets())
     with pytest.raises(FileNotFoundError, match="dinov2-s14"):
         RunConfig.load("dinov2-s15")
+
+
+def test_cli_lists_presets_and_fits_from_a_preset_name(capsys):
+    from mosic.cli import main
+
+    assert main(["list", "presets", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "dinov2-s14: MoSiC on DINOv2 ViT-S/14" in out
+    assert main(["config", "--config", "dino-s16", "objective.name=mosic + 0.5 static"]) == 0
+    shown = capsys.readouterr().out
+    assert "name: dino-s16" in shown and "epochs: 100" in shown and "mosic + 0.5 static" in shown
+    assert main(["config", "--config", "dinov2-s15"]) == 2
+    assert "did you mean dinov2-s14" in capsys.readouterr().err
+
+
+def test_mosic_plus_correspondence_runs_the_student_on_frame_zero_and_on_the_view(synthetic):
+    config = tiny_config(**{"objective.name": "mosic + correspondence", "train.max_steps": 1, "data.num_frames": 6})
+    trainer = mosic.PostPretrainer(config=config)
+    objective = trainer.learner.objective
+    assert objective.student_frames == (0,) and objective.student_view and objective.uses_tracks
+    calls = []
+    trainer.learner.backbone.model.patch_embed.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    trainer.fit(synthetic)
+    assert calls == [4, 4]  # B = 4 clips: frame 0, then Phi(frame 0)
+    record = trainer.history[-1]
+    assert {"mosic/loss", "correspondence/short_term", "correspondence/long_term"} <= set(record)
+    assert math.isclose(record["loss"], record["mosic/loss"] + record["correspondence/loss"], rel_tol=1e-5)
+    assert record["correspondence/long_term"] > 0  # T - 1 = 5 >= long_term_gap
