@@ -92,8 +92,13 @@ def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) ->
         return float("nan")
     used = tracks.visible & tracks.visible[:, :1]
     inputs = ObjectiveInputs(tokens[:, :1], tokens, tracks, backbone.patch_size)
-    moving = objective.teacher_targets(inputs, objective, used)
-    still = objective.teacher_targets(inputs.replace(tracks=static_tracks(tracks)), objective, used)
+    target = objective.target
+    objective.target = "tracked"  # read each frame at the given positions, whatever the run trained with
+    try:
+        moving = objective.teacher_targets(inputs, objective, used)
+        still = objective.teacher_targets(inputs.replace(tracks=static_tracks(tracks)), objective, used)
+    finally:
+        objective.target = target
     later = used[:, 1:]
     return 100.0 * float((moving[:, 1:] != still[:, 1:])[later].float().mean())
 
@@ -146,18 +151,18 @@ def target_information(trainer: mosic.PostPretrainer, source: SyntheticVideos) -
     }
 
 
-def run(objectives: list[str], steps: int, out: Path, stride: int, train_videos: int, eval_videos: int, smoke: bool) -> dict:
+def run(objectives: list[str], steps: int, out: Path, stride: int, train_videos: int, eval_videos: int, smoke: bool,
+        seed: int = 0) -> dict:
     train = SyntheticVideos(num_videos=train_videos, num_frames=24 if stride <= 2 else 8 * stride, size=64, seed=0)
     held_out = SyntheticVideos(num_videos=eval_videos, num_frames=24, size=64, seed=10_000)
     rows: dict[str, dict] = {}
     for name in objectives:
-        overrides = {"objective.name": name, "train.progress": False, "data.frame_stride": stride}
+        overrides = {"objective.name": name, "train.progress": False, "data.frame_stride": stride, "train.seed": seed}
         if smoke:
             overrides.update({"backbone.kwargs.depth": 1, "objective.head_hidden_dims": [32], "objective.num_prototypes": 16,
                               "data.global_batch_size": 2, "data.num_workers": 0, "train.checkpoint_every": 1000})
         config = demo_config(steps, out / name).with_overrides(overrides)
-        torch.manual_seed(0)
-        trainer = mosic.PostPretrainer(config=config)
+        trainer = mosic.PostPretrainer(config=config)  # seeds torch with train.seed: the same init for every run
         if "before" not in rows:
             rows["before"] = evaluate(trainer, held_out)
             rows["before"]["target_difference"] = target_difference(trainer, held_out)
@@ -204,8 +209,7 @@ def diagnose(runs: list[Path], eval_videos: int) -> dict:
         trainer = mosic.PostPretrainer.load(run_dir)
         if "before" not in rows:
             config = trainer.config.with_overrides({"objective.name": "mosic", "train.out_dir": None})
-            torch.manual_seed(0)
-            initial = mosic.PostPretrainer(config=config)
+            initial = mosic.PostPretrainer(config=config)  # the runs' common initial weights (train.seed)
             rows["before"] = {**target_information(initial, held_out), "target_difference": target_difference(initial, held_out)}
         rows[trainer.config.objective.name] = {**target_information(trainer, held_out), "target_difference": target_difference(trainer, held_out)}
         print(f"{run_dir}: {rows[trainer.config.objective.name]}", flush=True)
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-videos", type=int, default=64)
     parser.add_argument("--eval-videos", type=int, default=16)
     parser.add_argument("--out", default="runs/objectives")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed: initial weights, data order, crops and masks")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the script, measures nothing")
     parser.add_argument("--diagnose", nargs="+", metavar="RUN", help="only print target diagnostics of saved runs")
     args = parser.parse_args(argv)
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.steps, args.train_videos, args.eval_videos = 2, 4, 2
     out = Path(args.out)
-    rows = run(args.objectives, args.steps, out, args.stride, args.train_videos, args.eval_videos, args.smoke)
+    rows = run(args.objectives, args.steps, out, args.stride, args.train_videos, args.eval_videos, args.smoke, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = format_table(rows)
