@@ -77,7 +77,6 @@ def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) ->
     tracked positions (`mosic`) and still positions (`static`), under the current teacher."""
     from mosic.data.clips import ClipDataset, collate_clips
     from mosic.objectives import MoSiCObjective, ObjectiveInputs
-    from mosic.objectives.mosic import static_tracks
 
     data = trainer.config.data
     dataset = ClipDataset(source, data.num_frames, data.stride, data.size, data.crop_scale, 0.0, seed=1)
@@ -96,7 +95,7 @@ def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) ->
     objective.target = "tracked"  # read each frame at the given positions, whatever the run trained with
     try:
         moving = objective.teacher_targets(inputs, objective, used)
-        still = objective.teacher_targets(inputs.replace(tracks=static_tracks(tracks)), objective, used)
+        still = objective.teacher_targets(inputs.replace(tracks=mosic.Tracks.still(tracks.xy[:, 0], t)), objective, used)
     finally:
         objective.target = target
     later = used[:, 1:]

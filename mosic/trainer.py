@@ -239,8 +239,7 @@ class PostPretrainer:
         """The query grid held still and visible in every frame (objectives that read no tracks)."""
         b, t, _, h, w = frames.shape
         grid = query_grid(h, w, self.config.tracker.grid_size).to(self.device)[:, 1:]  # (N, 2) (x, y)
-        xy = grid.expand(b, t, -1, -1)
-        return Tracks(xy, torch.ones(xy.shape[:-1], dtype=torch.bool, device=self.device))
+        return Tracks.still(grid.expand(b, -1, -1), t)
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimisation step on a collated batch; returns detached metric tensors."""

@@ -110,7 +110,7 @@ class MoSiCObjective(Objective):
 
     def forward(self, inputs: ObjectiveInputs, teacher: "MoSiCObjective") -> ObjectiveOutput:
         if self.target == "still":
-            inputs = inputs.replace(tracks=static_tracks(inputs.tracks))
+            inputs = inputs.replace(tracks=Tracks.still(inputs.tracks.xy[:, 0], inputs.tracks.xy.shape[1]))
         tracks = inputs.tracks
         b, t, n, _ = tracks.xy.shape
         student_tokens, student_mask = inputs.student_frame(0)
@@ -147,8 +147,3 @@ class MoSiCObjective(Objective):
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
-
-def static_tracks(tracks: Tracks) -> Tracks:
-    """Each point held at its frame-0 (query) position and visible in every frame."""
-    xy = tracks.xy[:, :1].expand_as(tracks.xy)
-    return Tracks(xy, torch.ones(xy.shape[:-1], dtype=torch.bool, device=xy.device))

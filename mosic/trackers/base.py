@@ -48,6 +48,12 @@ class Tracks:
         return Tracks(self.xy[index], self.visible[index])
 
     @staticmethod
+    def still(points: torch.Tensor, num_frames: int) -> "Tracks":
+        """(B, N, 2) (x, y) pixels held still and visible in each of ``num_frames`` frames."""
+        xy = points.unsqueeze(1).expand(-1, num_frames, -1, -1)
+        return Tracks(xy, torch.ones(xy.shape[:-1], dtype=torch.bool, device=xy.device))
+
+    @staticmethod
     def cat(parts: Sequence["Tracks"], dim: int = 0) -> "Tracks":
         """Concatenate along the batch (dim 0) or point (dim 2) axis."""
         vis_dim = dim if dim >= 0 else dim - 1
