@@ -136,3 +136,58 @@ class SyntheticVideoSegmentation(SyntheticVideos):
 
     def annotated_frames(self, index: int) -> list[int]:
         return list(range(self.num_frames(index)))
+
+
+#: dataset kinds for :func:`open_segmentation_dataset`: name -> (module, class, kind, default split per role)
+DATASETS: dict[str, tuple[str, str, str, dict]] = {
+    "voc": ("image_segmentation", "PascalVOC", "image", {"train": "trainaug", "val": "val"}),
+    "ade20k": ("image_segmentation", "ADE20K", "image", {"train": "training", "val": "validation"}),
+    "coco-things": ("image_segmentation", "COCOStuff", "image", {"train": "train2017", "val": "val2017", "variant": "things"}),
+    "coco-stuff": ("image_segmentation", "COCOStuff", "image", {"train": "train2017", "val": "val2017", "variant": "stuff27"}),
+    "davis": ("video_segmentation", "DAVIS", "video", {"train": "train", "val": "val"}),
+    "ytvos": ("video_segmentation", "YouTubeVOS", "video", {"train": "train", "val": "valid"}),
+    "synthetic": ("", "SyntheticSegmentation", "image", {}),
+    "synthetic-video": ("", "SyntheticVideoSegmentation", "video", {}),
+}
+
+
+def open_segmentation_dataset(spec: str, role: str = "val", split: str | None = None):
+    """A dataset from a command-line spec.
+
+    ``"voc:/data/VOCdevkit/VOC2012"``, ``"ade20k:ROOT"``, ``"coco-things:ROOT"``,
+    ``"coco-stuff:ROOT"``, ``"davis:ROOT"``, ``"ytvos:ROOT"``, or
+    ``"synthetic"`` / ``"synthetic-video"`` with optional arguments
+    (``"synthetic:num_images=64,size=64,seed=0"``). ``role`` ("train" or "val") picks the
+    protocol's usual split (VOC: trainaug / val ...); ``split`` overrides it. Synthetic
+    validation data uses another seed than synthetic training data unless one is given.
+    """
+    import importlib
+
+    import yaml
+
+    kind, _, rest = spec.partition(":")
+    if kind not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, list(DATASETS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown dataset {kind!r} in {spec!r}; {hint}known: {', '.join(DATASETS)} (e.g. voc:/data/VOC2012)")
+    module, name, _, defaults = DATASETS[kind]
+    if kind.startswith("synthetic"):
+        args = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"synthetic dataset arguments look like key=value, got {item!r} in {spec!r}")
+            args[key.strip()] = yaml.safe_load(value)
+        args.setdefault("seed", 0 if role == "train" else 10_000)
+        if kind == "synthetic-video":
+            args.setdefault("num_videos", 8)
+            args.setdefault("num_frames", 24)
+            args.setdefault("size", 64)
+        return SyntheticSegmentation(**args) if kind == "synthetic" else SyntheticVideoSegmentation(**args)
+    if not rest:
+        raise ValueError(f"{spec!r} needs a root folder, e.g. {kind}:/data/{kind}")
+    cls = getattr(importlib.import_module(f"mosic.data.{module}"), name)
+    extra = {k: v for k, v in defaults.items() if k not in ("train", "val")}
+    return cls(rest, split=split or defaults[role], **extra)

@@ -447,7 +447,7 @@ class SyntheticVideos:
 
     def __repr__(self) -> str:
         return (
-            f"SyntheticVideos(num_videos={self.num_videos}, num_frames={self._num_frames}, size={self.size}, "
+            f"{type(self).__name__}(num_videos={self.num_videos}, num_frames={self._num_frames}, size={self.size}, "
             f"seed={self.seed}, num_classes={self.num_classes}, objects_per_video={self.objects_per_video}, "
             f"camera_motion={self.camera_motion}, color_jitter={self.color_jitter})"
         )
