@@ -1,4 +1,4 @@
-"""The ``mosic`` command line: fit, demo, list, config, export."""
+"""The ``mosic`` command line: fit, demo, list, config, track, track-eval, eval, export."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def _build_parser() -> argparse.ArgumentParser:
     teval.add_argument("--device", default="auto")
     teval.add_argument("--out", help="also write the results as JSON here")
 
+    ev = sub.add_parser("eval", help="dense evaluation protocols (in-context, linear, overclustering, video-clustering, label-propagation)")
+    ev.add_argument("protocol", nargs="?", choices=["in-context", "linear", "overclustering", "video-clustering", "label-propagation"])
+    ev.add_argument("--backbone", help="registered name, run folder, checkpoint folder or `mosic export` folder")
+    ev.add_argument("--model", choices=["teacher", "student"], default="teacher", help="which network of a run")
+    ev.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="arguments for a registered name, e.g. pretrained=false (repeatable)")
+    ev.add_argument("--data", help="dataset spec: voc:ROOT, ade20k:ROOT, coco-things:ROOT, coco-stuff:ROOT, davis:ROOT, "
+                    "ytvos:ROOT, synthetic[:k=v,...], synthetic-video[:k=v,...] (default: synthetic)")
+    ev.add_argument("--train-data", help="training split spec for in-context and linear (default: --data's training split)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                    help="protocol option, e.g. size=448, fractions=[0.0078125,1.0], ks=[null,100], epochs=20 (repeatable)")
+    ev.add_argument("--out", help="write results.json, results.md (and figures) here")
+    ev.add_argument("--figures", type=int, default=0, help="qualitative PNG examples to write into --out")
+    ev.add_argument("--device", help="where the backbone runs (default: where it was built)")
+    ev.add_argument("--compare", nargs=2, metavar=("RESULT_A", "RESULT_B"), help="print the difference of two reports")
+
     export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
     export.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
     export.add_argument("out", help="output folder")
@@ -118,6 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         out = export_backbone(args.run, args.out, format=args.format, model=args.model)
         print(f"wrote the {args.model} in {args.format} format to {out}; how to load it: {out / 'mosic.json'}")
         return 0
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "config":
         config = RunConfig.load(args.config) if args.config else RunConfig()
         print(config.with_overrides(args.overrides).to_yaml(), end="")
@@ -138,6 +156,57 @@ def _run(args: argparse.Namespace) -> int:
         print(f"done: {trainer.step} steps; run folder {where}")
         return 0
     return 2
+
+
+def _key_values(items: list[str], what: str) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"{what} must look like key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval.report import compare_reports, format_markdown, read_report
+
+    if args.compare:
+        a, b = (read_report(p) for p in args.compare)
+        print(compare_reports(a, b, names=(str(args.compare[0]), str(args.compare[1]))), end="")
+        return 0
+    if not args.protocol or not args.backbone:
+        raise ValueError("mosic eval needs a PROTOCOL and --backbone (or --compare RESULT_A RESULT_B)")
+    from .eval.protocols import run_protocol
+
+    backbone_kwargs = _key_values(args.backbone_arg, "--backbone-arg")
+    if args.device:
+        import torch
+
+        from .eval.features import resolve_backbone
+
+        backbone = resolve_backbone(args.backbone, model=args.model, **backbone_kwargs).to(torch.device(args.device))
+    else:
+        backbone = args.backbone
+    report = run_protocol(
+        args.protocol,
+        backbone,
+        data=args.data,
+        train_data=args.train_data,
+        model=args.model,
+        out=args.out,
+        figures=args.figures,
+        backbone_kwargs=backbone_kwargs if not args.device else None,
+        **_key_values(args.options, "--set"),
+    )
+    if args.device:
+        report["backbone"] = args.backbone
+    print(format_markdown(report), end="")
+    if args.out:
+        print(f"\nwrote {args.out}/results.json and results.md")
+    return 0
 
 
 def _track(args: argparse.Namespace) -> int:

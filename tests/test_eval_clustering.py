@@ -244,4 +244,4 @@ def test_evaluate_video_clustering_errors():
     with pytest.raises(ValueError, match="needs 7"):
         evaluate_video_clustering(MeanColour(), Videos(), num_frames=4, frame_stride=2)
     with pytest.raises(ValueError, match="modes"):
-        evaluate_video_clustering(MeanColour(), Videos(), modes=("frame",))
+        evaluate_video_clustering(MeanColour(), Videos(), modes=("pixel",))

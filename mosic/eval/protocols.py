@@ -1,0 +1,233 @@
+"""The evaluation protocols by name: what ``mosic eval PROTOCOL`` runs.
+
+Each protocol takes a backbone (a built one, a registered name, a run folder or an
+export folder; see :func:`~mosic.eval.features.resolve_backbone`) and datasets given as
+specs (:func:`~mosic.data.segmentation.open_segmentation_dataset`; synthetic by
+default, so every protocol runs offline), and returns a report
+(:mod:`mosic.eval.report`) with scalar ``metrics`` and larger ``details``.
+
+| protocol | data | paper |
+|---|---|---|
+| ``in-context`` | train + val images | Hummingbird, Table 1 (fractions x seeds) |
+| ``linear`` | train + val images | linear segmentation probe, Table 4 |
+| ``overclustering`` | val images | K-means, K = #classes (Hungarian) and 100/300/500 (greedy), Table 3 |
+| ``video-clustering`` | videos | unsupervised video segmentation F / C / D, Table 2 |
+| ``label-propagation`` | videos | DAVIS-17 semi-supervised J&F |
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backbones.base import Backbone
+from ..data.segmentation import open_segmentation_dataset
+from .features import dense_features, resolve_backbone
+from .report import make_report, write_report
+
+#: protocol -> (kind of data, needs a training split, default data spec)
+PROTOCOLS: dict[str, tuple[str, bool, str]] = {
+    "in-context": ("image", True, "synthetic"),
+    "linear": ("image", True, "synthetic"),
+    "overclustering": ("image", False, "synthetic"),
+    "video-clustering": ("video", False, "synthetic-video"),
+    "label-propagation": ("video", False, "synthetic-video"),
+}
+
+
+def run_protocol(
+    protocol: str,
+    backbone: Backbone | str | Path,
+    *,
+    data: str | None = None,
+    train_data: str | None = None,
+    model: str = "teacher",
+    out: str | Path | None = None,
+    figures: int = 0,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict:
+    """Run one protocol and return its report (also written to ``out`` when given).
+
+    Args:
+        data: the evaluation dataset spec (default: synthetic data of the right kind).
+        train_data: the training split for ``in-context`` and ``linear`` (default: the
+            same dataset's training split, e.g. VOC trainaug for ``voc:ROOT``).
+        figures: write that many qualitative examples as PNG into ``out``.
+        options: protocol arguments (``size``, ``fractions``, ``seeds``, ``ks``, ``epochs``, ...).
+    """
+    if protocol not in PROTOCOLS:
+        import difflib
+
+        close = difflib.get_close_matches(protocol, list(PROTOCOLS), n=2)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown protocol {protocol!r}; {hint}protocols: {', '.join(PROTOCOLS)}")
+    kind, needs_train, default_data = PROTOCOLS[protocol]
+    spec = data or default_data
+    label = str(backbone) if not isinstance(backbone, Backbone) else type(backbone).__name__
+    if isinstance(backbone, (str, Path)) and Path(backbone).is_dir():
+        label = f"{backbone} ({model})"
+    backbone = resolve_backbone(backbone, model=model, **(backbone_kwargs or {}))
+    val = open_segmentation_dataset(spec, "val")
+    train = open_segmentation_dataset(train_data or spec, "train") if needs_train else None
+    _check_kind(protocol, kind, val)
+    if spec.startswith("synthetic") and kind == "image":
+        options.setdefault("size", None)  # the small synthetic images at their own size, not the paper's 448
+    start = time.perf_counter()
+    metrics, details = _RUNNERS[protocol](backbone, val, train, options)
+    seconds = time.perf_counter() - start
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    dataset = spec if train is None else f"train {train_data or spec} / val {spec}"
+    report = make_report(protocol, label, dataset, metrics, settings, details, seconds)
+    if out is not None:
+        write_report(report, out)
+        if figures:
+            qualitative_figures(protocol, backbone, val, Path(out), figures, details)
+    return report
+
+
+def _check_kind(protocol: str, kind: str, dataset: Any) -> None:
+    is_video = hasattr(dataset, "read_masks")
+    if (kind == "video") != is_video:
+        want = "videos with masks (davis:, ytvos:, synthetic-video)" if kind == "video" else "images (voc:, ade20k:, coco-things:, synthetic)"
+        raise ValueError(f"the {protocol} protocol needs {want}, got {dataset!r}")
+
+
+# ---- the runners: (backbone, val, train, options) -> (metrics, details) ----------------------
+
+
+def _in_context(backbone, val, train, options):
+    from .hummingbird import evaluate_in_context_fractions
+
+    result = evaluate_in_context_fractions(backbone, train, val, **options)
+    metrics = {}
+    for entry in result["fractions"]:
+        metrics[f"miou@{entry['label']}"] = entry["miou_mean"]
+        metrics[f"miou_std@{entry['label']}"] = entry["miou_std"]
+    details = {"fractions": [{k: v for k, v in e.items() if k != "runs"} for e in result["fractions"]]}
+    return metrics, details
+
+
+def _linear(backbone, val, train, options):
+    from .linear_probe import evaluate_linear_probe
+
+    result = evaluate_linear_probe(backbone, train, val, **options)
+    metrics = {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"]}
+    return metrics, {k: v for k, v in result.items() if k not in metrics}
+
+
+def _overclustering(backbone, val, train, options):
+    from .overclustering import evaluate_overclustering
+
+    result = evaluate_overclustering(backbone, val, **options)
+    metrics = {}
+    for entry in result["results"]:
+        name = "K=classes" if entry["requested"] is None else f"K={entry['k']}"
+        metrics[f"miou@{name}"] = entry["miou"]
+    return metrics, result
+
+
+def _video_clustering(backbone, val, train, options):
+    from .clustering import evaluate_video_clustering
+
+    if "modes" not in options:  # every setting the data supports: D needs class masks
+        has_classes = hasattr(val, "read_class_masks") or getattr(val, "ground_truth", lambda i: None)(0) is not None
+        options = {**options, "modes": ("dataset", "clip", "frame") if has_classes else ("clip", "frame")}
+    result = evaluate_video_clustering(backbone, val, **options)
+    metrics = {key: value for key, value in _scalars(result).items() if "miou" in key}
+    return metrics, result
+
+
+def _label_propagation(backbone, val, train, options):
+    from .label_propagation import evaluate_label_propagation
+
+    result = evaluate_label_propagation(backbone, val, **options)
+    metrics = {key: value for key, value in _scalars(result).items() if key != "num_videos"}
+    return metrics, result
+
+
+_RUNNERS: dict[str, Callable] = {
+    "in-context": _in_context,
+    "linear": _linear,
+    "overclustering": _overclustering,
+    "video-clustering": _video_clustering,
+    "label-propagation": _label_propagation,
+}
+
+
+def _scalars(result: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested result dict, keys joined with '/' (lists skipped)."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_scalars(value, name + "/"))
+        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+# ---- qualitative figures ---------------------------------------------------------------------
+
+
+def qualitative_figures(protocol: str, backbone: Backbone, dataset: Any, out: Path, count: int, details: dict) -> list[Path]:
+    """PNG examples next to the report: K-means cluster maps over images (image
+    protocols), over the frames of a clip (video-clustering), or the propagated masks
+    (label-propagation), each with the ground truth."""
+    from .clustering import segment_features
+    from .figures import save_segmentation_figure, save_video_clusters_figure
+
+    paths = []
+    if PROTOCOLS[protocol][0] == "image":
+        n = min(count, len(dataset))
+        samples = [dataset[i] for i in range(n)]
+        size = _multiple(samples[0].image.shape[:2], backbone.patch_size)
+        images = np.stack([_resize(s.image, size) for s in samples])
+        feats = dense_features(backbone, images)
+        k = getattr(dataset, "num_classes", 8)
+        maps = segment_features(feats, k)
+        paths.append(
+            save_segmentation_figure(list(images), list(maps), [_resize_mask(s.mask, size) for s in samples],
+                                     out / "clusters.png", title=f"K-means, K={k}")
+        )
+        return paths
+    for v in range(min(count, len(dataset))):
+        frames_index = dataset.annotated_frames(v)[:8]
+        frames = dataset.read_frames(v, frames_index)
+        masks = dataset.read_masks(v, frames_index)
+        if protocol == "label-propagation":
+            from .label_propagation import propagate_labels
+
+            pred = propagate_labels(backbone, frames, masks[0])
+            title = "propagated"
+        else:
+            size = _multiple(frames.shape[1:3], backbone.patch_size)
+            feats = dense_features(backbone, np.stack([_resize(f, size) for f in frames]))
+            pred = segment_features(feats, max(2, len(np.unique(masks[masks != 255]))))
+            title = "K-means per clip"
+        paths.append(save_video_clusters_figure(frames, pred, out / f"video_{v}.png", masks=masks, title=title))
+    return paths
+
+
+def _multiple(hw: Sequence[int], p: int) -> tuple[int, int]:
+    return max(p, hw[0] // p * p), max(p, hw[1] // p * p)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if mask.shape == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
