@@ -76,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write results.json, results.md (and figures) here")
     ev.add_argument("--figures", type=int, default=0, help="qualitative PNG examples to write into --out")
     ev.add_argument("--device", help="where the backbone runs (default: where it was built)")
+    ev.add_argument("--seed", type=int, default=0, help="torch seed before building the backbone (random initialisation)")
     ev.add_argument("--compare", nargs=2, metavar=("RESULT_A", "RESULT_B"), help="print the difference of two reports")
 
     export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
@@ -182,9 +183,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval.protocols import run_protocol
 
     backbone_kwargs = _key_values(args.backbone_arg, "--backbone-arg")
-    if args.device:
-        import torch
+    import torch
 
+    torch.manual_seed(args.seed)
+    if args.device:
         from .eval.features import resolve_backbone
 
         backbone = resolve_backbone(args.backbone, model=args.model, **backbone_kwargs).to(torch.device(args.device))

@@ -146,7 +146,8 @@ def _label_propagation(backbone, val, train, options):
     from .label_propagation import evaluate_label_propagation
 
     result = evaluate_label_propagation(backbone, val, **options)
-    metrics = {key: value for key, value in _scalars(result).items() if key != "num_videos"}
+    headline = ("jf_mean", "j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay", "fps")
+    metrics = {key: float(result[key]) for key in headline if key in result}
     return metrics, result
 
 
