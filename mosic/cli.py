@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
+from pathlib import Path
 
 from .config import RunConfig
 
@@ -182,29 +183,24 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("mosic eval needs a PROTOCOL and --backbone (or --compare RESULT_A RESULT_B)")
     from .eval.protocols import run_protocol
 
-    backbone_kwargs = _key_values(args.backbone_arg, "--backbone-arg")
     import torch
 
-    torch.manual_seed(args.seed)
-    if args.device:
-        from .eval.features import resolve_backbone
-
-        backbone = resolve_backbone(args.backbone, model=args.model, **backbone_kwargs).to(torch.device(args.device))
-    else:
-        backbone = args.backbone
+    backbone_kwargs = _key_values(args.backbone_arg, "--backbone-arg")
+    torch.manual_seed(args.seed)  # a randomly initialised backbone is the same on every run
+    label = f"{args.backbone} ({args.model})" if Path(args.backbone).is_dir() else args.backbone
     report = run_protocol(
         args.protocol,
-        backbone,
+        args.backbone,
         data=args.data,
         train_data=args.train_data,
         model=args.model,
         out=args.out,
         figures=args.figures,
-        backbone_kwargs=backbone_kwargs if not args.device else None,
+        backbone_kwargs=backbone_kwargs,
+        device=args.device,
+        label=label,
         **_key_values(args.options, "--set"),
     )
-    if args.device:
-        report["backbone"] = args.backbone
     print(format_markdown(report), end="")
     if args.out:
         print(f"\nwrote {args.out}/results.json and results.md")

@@ -49,6 +49,8 @@ def run_protocol(
     out: str | Path | None = None,
     figures: int = 0,
     backbone_kwargs: dict[str, Any] | None = None,
+    label: str | None = None,
+    device: str | None = None,
     **options: Any,
 ) -> dict:
     """Run one protocol and return its report (also written to ``out`` when given).
@@ -58,6 +60,8 @@ def run_protocol(
         train_data: the training split for ``in-context`` and ``linear`` (default: the
             same dataset's training split, e.g. VOC trainaug for ``voc:ROOT``).
         figures: write that many qualitative examples as PNG into ``out``.
+        label: how the report names the backbone (default: the spec, or the class name).
+        device: move the backbone there before evaluating (default: where it was built).
         options: protocol arguments (``size``, ``fractions``, ``seeds``, ``ks``, ``epochs``, ...).
     """
     if protocol not in PROTOCOLS:
@@ -68,13 +72,18 @@ def run_protocol(
         raise ValueError(f"unknown protocol {protocol!r}; {hint}protocols: {', '.join(PROTOCOLS)}")
     kind, needs_train, default_data = PROTOCOLS[protocol]
     spec = data or default_data
-    label = str(backbone) if not isinstance(backbone, Backbone) else type(backbone).__name__
-    if isinstance(backbone, (str, Path)) and Path(backbone).is_dir():
-        label = f"{backbone} ({model})"
-    backbone = resolve_backbone(backbone, model=model, **(backbone_kwargs or {}))
-    val = open_segmentation_dataset(spec, "val")
+    if label is None:
+        label = str(backbone) if not isinstance(backbone, Backbone) else type(backbone).__name__
+        if isinstance(backbone, (str, Path)) and Path(backbone).is_dir():
+            label = f"{backbone} ({model})"
+    val = open_segmentation_dataset(spec, "val")  # data errors first: they cost nothing
     train = open_segmentation_dataset(train_data or spec, "train") if needs_train else None
     _check_kind(protocol, kind, val)
+    backbone = resolve_backbone(backbone, model=model, **(backbone_kwargs or {}))
+    if device is not None:
+        import torch
+
+        backbone = backbone.to(torch.device(device))
     if spec.startswith("synthetic") and kind == "image":
         options.setdefault("size", None)  # the small synthetic images at their own size, not the paper's 448
     start = time.perf_counter()
