@@ -37,6 +37,8 @@ def test_protocol_runs_from_the_command_line(protocol, tmp_path, capsys):
         if ("miou" in key or key.startswith(("j", "f"))) and not key.endswith(("decay", "fps")):
             assert 0.0 <= value <= 100.0, (key, value)
     pngs = sorted(tmp_path.glob("*.png"))
+    if protocol == "linear":
+        assert [p.name for p in pngs] == ["predictions.png"]  # the probe's own predictions
     assert pngs, "no figure written"
     figure = np.asarray(Image.open(pngs[0]))
     assert figure.ndim == 3 and figure.shape[0] > 64 and figure.std() > 5

@@ -148,6 +148,7 @@ def evaluate_linear_probe(
     device: str | torch.device | None = None,
     seed: int = 0,
     feature_dtype: torch.dtype = torch.float16,
+    return_predictions: int = 0,
 ) -> dict:
     """Train a linear (1x1 conv) segmentation head on frozen features; mIoU on ``val``.
 
@@ -232,10 +233,12 @@ def evaluate_linear_probe(
 
     head.eval()
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    predictions: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, len(val_feats), batch_size):
             feats = val_feats[start : start + batch_size].to(device)
             pred = _logits(head, feats, mask_hw).argmax(1).cpu()
+            predictions.extend(pred[: max(0, return_predictions - len(predictions))].numpy())
             conf += confusion_matrix(
                 pred, val_masks[start : start + batch_size], num_classes, num_classes, IGNORE_INDEX
             )
@@ -257,4 +260,5 @@ def evaluate_linear_probe(
         "num_val": len(val_feats),
         "epochs": epochs,
         "timings": {"features": t1 - t0, "train": t2 - t1, "eval": t3 - t2, "total": t3 - t0},
+        **({"predictions": predictions} if return_predictions else {}),
     }

@@ -87,15 +87,17 @@ def run_protocol(
     if spec.startswith("synthetic") and kind == "image":
         options.setdefault("size", None)  # the small synthetic images at their own size, not the paper's 448
     start = time.perf_counter()
-    metrics, details = _RUNNERS[protocol](backbone, val, train, options)
+    run_options = {**options, "return_predictions": figures} if protocol == "linear" and figures else options
+    metrics, details = _RUNNERS[protocol](backbone, val, train, run_options)
     seconds = time.perf_counter() - start
+    predictions = details.pop("predictions", None)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     dataset = spec if train is None else f"train {train_data or spec} / val {spec}"
     report = make_report(protocol, label, dataset, metrics, settings, details, seconds)
     if out is not None:
         write_report(report, out)
         if figures:
-            qualitative_figures(protocol, backbone, val, Path(out), figures, details)
+            qualitative_figures(protocol, backbone, val, Path(out), figures, predictions)
     return report
 
 
@@ -184,14 +186,25 @@ def _scalars(result: dict, prefix: str = "") -> dict[str, float]:
 # ---- qualitative figures ---------------------------------------------------------------------
 
 
-def qualitative_figures(protocol: str, backbone: Backbone, dataset: Any, out: Path, count: int, details: dict) -> list[Path]:
-    """PNG examples next to the report: K-means cluster maps over images (image
+def qualitative_figures(
+    protocol: str, backbone: Backbone, dataset: Any, out: Path, count: int, predictions: list | None = None
+) -> list[Path]:
+    """PNG examples next to the report, each with the ground truth: the linear probe's
+    predictions (``predictions``), K-means cluster maps over images (the other image
     protocols), over the frames of a clip (video-clustering), or the propagated masks
-    (label-propagation), each with the ground truth."""
+    (label-propagation)."""
     from .clustering import segment_features
     from .figures import save_segmentation_figure, save_video_clusters_figure
 
     paths = []
+    if predictions is not None:
+        n = min(count, len(predictions), len(dataset))
+        samples = [dataset[i] for i in range(n)]
+        size = predictions[0].shape
+        images = [_resize(s.image, size) for s in samples]
+        targets = [_resize_mask(s.mask, size) for s in samples]
+        paths.append(save_segmentation_figure(images, predictions[:n], targets, out / "predictions.png", title=protocol))
+        return paths
     if PROTOCOLS[protocol][0] == "image":
         n = min(count, len(dataset))
         samples = [dataset[i] for i in range(n)]
