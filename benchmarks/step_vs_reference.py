@@ -34,20 +34,8 @@ import torch.nn.functional as F
 import mosic
 from mosic.data.clips import ClipDataset, collate_clips
 from mosic.data.synthetic import SyntheticVideos
+from mosic.sinkhorn import plain_sinkhorn
 from mosic.trackers.base import query_grid
-
-
-def plain_sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 10) -> torch.Tensor:
-    """The authors' Sinkhorn-Knopp: plain exp (overflows in half precision), (M, K) -> (M, K)."""
-    q = torch.exp(scores.float() / epsilon).t()  # (K, M)
-    q /= q.sum()
-    k, m = q.shape
-    for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= m
-    return (q * m).t()
 
 
 def reference_step(trainer: mosic.PostPretrainer, frames: torch.Tensor, tracks: mosic.Tracks | None, tracker) -> float:
@@ -75,7 +63,7 @@ def reference_step(trainer: mosic.PostPretrainer, frames: torch.Tensor, tracks: 
     objective = student.objective
     with torch.no_grad():
         teacher_scores = teacher.objective.scores(torch.stack(teacher_points, 1))  # (B, T, N, K)
-        targets = plain_sinkhorn(teacher_scores.reshape(-1, teacher_scores.shape[-1])).argmax(-1).view(b, t, -1)
+        targets = plain_sinkhorn(teacher_scores.reshape(-1, teacher_scores.shape[-1]).float()).argmax(-1).view(b, t, -1)
     log_p = F.log_softmax(objective.scores(student_points) / objective.temperature, dim=-1)  # (B, N, K)
     nll = -torch.gather(log_p.unsqueeze(1).expand(b, t, -1, -1), 3, targets.unsqueeze(-1)).squeeze(-1)
     loss = (nll * tracks.visible.float()).sum() / tracks.visible.numel()

@@ -3,20 +3,12 @@ import math
 import pytest
 import torch
 
-from mosic.sinkhorn import sinkhorn
+from mosic.sinkhorn import plain_sinkhorn, sinkhorn
 
 
 def reference_sinkhorn_float64(scores, epsilon, iterations):
     """SwAV's plain-exp Sinkhorn-Knopp in float64 (the authors' algorithm)."""
-    q = torch.exp(scores.double() / epsilon).t()  # (K, M)
-    q /= q.sum()
-    k, m = q.shape
-    for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= m
-    return (q * m).t()
+    return plain_sinkhorn(scores.double(), epsilon, iterations)
 
 
 def cosine_scores(m, k, seed=0):

@@ -22,6 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from ..backbones.base import Backbone
 from ..data.segmentation import IGNORE_INDEX, VideoSegmentationDataset
 from ..data.source import VideoSource
+from .features import dense_features
 
 #: all video clustering modes: per dataset (D), per clip (C), per frame (F)
 MODES = ("dataset", "clip", "frame")
@@ -183,33 +184,6 @@ def _upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(T, h, w) label maps -> (T, *size) by nearest-neighbour upsampling."""
     up = F.interpolate(torch.from_numpy(maps)[:, None].float(), size=size, mode="nearest")
     return up[:, 0].long().numpy()
-
-
-@torch.no_grad()
-def _clip_features(
-    backbone: Backbone,
-    frames: np.ndarray,
-    size: int | tuple[int, int] | None,
-    batch_size: int,
-    device: str | torch.device,
-) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames -> (T, h, w, D) float32 patch tokens."""
-    p = backbone.patch_size
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    if size is None:
-        out_hw = (x.shape[-2] // p * p, x.shape[-1] // p * p)
-    else:
-        out_hw = (size, size) if isinstance(size, int) else tuple(size)
-    if min(out_hw) < p or out_hw[0] % p or out_hw[1] % p:
-        raise ValueError(f"size {out_hw} must be positive multiples of the patch size {p}")
-    chunks = []
-    for batch in x.split(batch_size):
-        batch = batch.to(device)
-        if tuple(batch.shape[-2:]) != out_hw:
-            batch = F.interpolate(batch.float(), size=out_hw, mode="bilinear", antialias=True, align_corners=False)
-            batch = batch.round().clamp(0, 255).to(torch.uint8)
-        chunks.append(backbone.patch_tokens(backbone.preprocess(batch)).float().cpu())
-    return torch.cat(chunks).numpy()
 
 
 def _relabel(masks: np.ndarray) -> tuple[np.ndarray, int]:
@@ -381,7 +355,7 @@ def evaluate_video_clustering(
             need_instances = "clip" in modes or "frame" in modes
             instances = masks.instances(v, frame_indices) if need_instances else None
             classes = masks.classes(v, frame_indices) if "dataset" in modes else None
-            feats = _clip_features(backbone, source.read_frames(v, frame_indices), size, batch_size, device)
+            feats = dense_features(backbone, source.read_frames(v, frame_indices), size, batch_size, device).numpy()
             name = f"video {v} ({source.video_name(v)})"
             if "dataset" in modes:
                 features.append(feats)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..backbones.base import Backbone
 from ..data.segmentation import open_segmentation_dataset
-from .features import dense_features, resolve_backbone
+from .features import dense_features, resize_images, resolve_backbone
 from .report import make_report, write_report
 
 #: protocol -> (kind of data, needs a training split, default data spec)
@@ -197,26 +198,16 @@ def qualitative_figures(
     from .figures import save_segmentation_figure, save_video_clusters_figure
 
     paths = []
-    if predictions is not None:
-        n = min(count, len(predictions), len(dataset))
-        samples = [dataset[i] for i in range(n)]
-        size = predictions[0].shape
-        images = [_resize(s.image, size) for s in samples]
-        targets = [_resize_mask(s.mask, size) for s in samples]
-        paths.append(save_segmentation_figure(images, predictions[:n], targets, out / "predictions.png", title=protocol))
-        return paths
     if PROTOCOLS[protocol][0] == "image":
-        n = min(count, len(dataset))
-        samples = [dataset[i] for i in range(n)]
-        size = _multiple(samples[0].image.shape[:2], backbone.patch_size)
-        images = np.stack([_resize(s.image, size) for s in samples])
-        feats = dense_features(backbone, images)
-        k = getattr(dataset, "num_classes", 8)
-        maps = segment_features(feats, k)
-        paths.append(
-            save_segmentation_figure(list(images), list(maps), [_resize_mask(s.mask, size) for s in samples],
-                                     out / "clusters.png", title=f"K-means, K={k}")
-        )
+        samples = [dataset[i] for i in range(min(count, len(dataset)))]
+        images = _same_size([s.image for s in samples])  # panels of one size; label maps are resized by overlay
+        masks = [s.mask for s in samples]
+        if predictions is not None:
+            maps, name, title = predictions[: len(samples)], "predictions.png", protocol
+        else:
+            k = getattr(dataset, "num_classes", 8)
+            maps, name, title = list(segment_features(dense_features(backbone, images), k)), "clusters.png", f"K-means, K={k}"
+        paths.append(save_segmentation_figure(list(images), maps, masks, out / name, title=title))
         return paths
     for v in range(min(count, len(dataset))):
         frames_index = dataset.annotated_frames(v)[:8]
@@ -228,29 +219,17 @@ def qualitative_figures(
             pred = propagate_labels(backbone, frames, masks[0])
             title = "propagated"
         else:
-            size = _multiple(frames.shape[1:3], backbone.patch_size)
-            feats = dense_features(backbone, np.stack([_resize(f, size) for f in frames]))
-            pred = segment_features(feats, max(2, len(np.unique(masks[masks != 255]))))
+            pred = segment_features(dense_features(backbone, frames), max(2, len(np.unique(masks[masks != 255]))))
             title = "K-means per clip"
         paths.append(save_video_clusters_figure(frames, pred, out / f"video_{v}.png", masks=masks, title=title))
     return paths
 
 
-def _multiple(hw: Sequence[int], p: int) -> tuple[int, int]:
-    return max(p, hw[0] // p * p), max(p, hw[1] // p * p)
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if image.shape[:2] == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if mask.shape == tuple(size):
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
+def _same_size(images: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, H, W, 3) uint8: every image resized (bilinear) to the first one's size."""
+    size = images[0].shape[:2]
+    resized = [
+        im if im.shape[:2] == size else resize_images(torch.from_numpy(im).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
+        for im in images
+    ]
+    return np.stack(resized)
