@@ -154,8 +154,11 @@ def _run(args: argparse.Namespace) -> int:
         config = RunConfig.load(args.config) if args.config else RunConfig()
         config = config.with_overrides(args.overrides)
         trainer = PostPretrainer(config=config).fit(args.videos, resume=args.resume)
-        where = trainer.config.train.out_dir or "(no out_dir: nothing saved)"
-        print(f"done: {trainer.step} steps; run folder {where}")
+        from .distributed import is_main_process
+
+        if is_main_process():
+            where = trainer.config.train.out_dir or "(no out_dir: nothing saved)"
+            print(f"done: {trainer.step} steps; run folder {where}")
         return 0
     return 2
 

@@ -159,6 +159,20 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     out_dir: str | None = Field(None, description="run folder: checkpoints, metrics.jsonl, config.yaml")
     progress: bool = True
+    accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="split each process's share of the global batch into this many micro-batches for the "
+        "student's backward pass (exact: the objective and its Sinkhorn still see the whole global batch)",
+    )
+    shard_optimizer: bool = Field(
+        False, description="ZeRO-1: each process keeps 1/world of the AdamW moments (ZeroRedundancyOptimizer)"
+    )
+    compile: bool = Field(False, description="torch.compile the student's and teacher's backbones")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; eager for debugging)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
+        None, description="torch.compile mode (None: the backend's default)"
+    )
 
 
 class RunConfig(_Section):

@@ -63,3 +63,34 @@ def init_from_environment(device: torch.device) -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average ``.grad`` over processes in place, in one flat all-reduce per dtype
+    (what DDP does, for steps that bypass it). Missing gradients count as zeros."""
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    world = world_size()
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every process (as DDP does at wrap time)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src)

@@ -26,9 +26,18 @@ def parameter_groups(backbone: nn.Module, heads: nn.Module, cfg: OptimConfig) ->
     return groups
 
 
-def build_optimizer(groups: Iterable[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(list(groups), betas=tuple(cfg.betas), fused=fused)
+def build_optimizer(
+    groups: Iterable[dict], cfg: OptimConfig, device: torch.device, shard: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA). ``shard=True`` (under torch.distributed) wraps it in
+    ZeroRedundancyOptimizer: each process keeps the moments of 1/world of the parameters
+    and broadcasts its updated shard after the step (ZeRO-1)."""
+    kwargs = {"betas": tuple(cfg.betas), "fused": device.type == "cuda"}
+    if shard:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(list(groups), optimizer_class=torch.optim.AdamW, **kwargs)
+    return torch.optim.AdamW(list(groups), **kwargs)
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -100,6 +100,10 @@ class PostPretrainer:
             for (_, t), (_, s) in zip(self.teacher_learner.named_parameters(), self.learner.named_parameters())
             if s.requires_grad
         ]
+        if self.config.train.compile:
+            t = self.config.train
+            for learner in {id(m): m for m in (self.learner, self.teacher_learner)}.values():
+                learner.backbone.compile(backend=t.compile_backend, mode=t.compile_mode)
         self.step = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
@@ -167,6 +171,7 @@ class PostPretrainer:
                 f"data.global_batch_size={data.global_batch_size} is not divisible by the {world} processes"
             )
         per_rank = data.global_batch_size // world
+        _micro_batches(per_rank, train.accumulation_steps)  # fails early when it cannot split
         sampler = _EpochSampler(dataset, num_replicas=world, rank=dist.rank(), seed=train.seed, batch_size=per_rank)
         steps_per_epoch = sampler.steps_per_epoch
         if steps_per_epoch == 0:
@@ -242,7 +247,12 @@ class PostPretrainer:
         return Tracks.still(grid.expand(b, -1, -1), t)
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimisation step on a collated batch; returns detached metric tensors."""
+        """One optimisation step on a collated batch; returns detached metric tensors.
+
+        Nothing in the step waits for the GPU: metrics stay tensors (the caller reads
+        them at logging intervals), token masks are built and checked on the CPU, and
+        host-to-device copies are non-blocking from pinned memory.
+        """
         if self.optimizer is None:
             raise RuntimeError("call fit() (or _prepare_optimizer) before train_step")
         frames = batch["frames"].to(self.device, non_blocking=True)  # (B, T, 3, H, W) uint8
@@ -256,34 +266,35 @@ class PostPretrainer:
             tracks = self._tracks_for(frames, metas)
         backbone = self.learner.backbone
         images = backbone.preprocess(frames)
-        student_frames = list(objective.student_frames)
+        student_frames = tuple(objective.student_frames)
         views = view_images = None
         if objective.student_view:
             views = objective.sample_views([m.sample_seed for m in metas], frames.shape[-2], frames.shape[-1])
             view_images = apply_views(images[:, 0], views)
         h, w = frames.shape[-2] // backbone.patch_size, frames.shape[-1] // backbone.patch_size
-        token_mask = _token_masks(metas, len(student_frames), h, w, self.config.train.mask_ratio)
-        if token_mask is not None:
-            token_mask = token_mask.to(self.device, non_blocking=True)
+        token_mask = _token_masks(metas, len(student_frames), h, w, self.config.train.mask_ratio)  # CPU
 
         self.learner.train()
         if self.teacher_learner is not self.learner:
             self.teacher_learner.eval()
+        self.optimizer.zero_grad(set_to_none=True)
+        student_images = images[:, list(student_frames)]
+        score_args = (tracks, self.teacher_learner.objective, student_frames, views)
+        accumulation = self.config.train.accumulation_steps
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_bf16()):
             with torch.no_grad():
-                teacher_tokens = self.teacher_learner.tokens(images)
-            out = self._student_module()(
-                images[:, student_frames],
-                token_mask,
-                teacher_tokens,
-                tracks,
-                self.teacher_learner.objective,
-                tuple(student_frames),
-                view_images,
-                views,
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+                if accumulation == 1:
+                    teacher_tokens = self.teacher_learner.tokens(images)
+                else:  # the teacher in micro-batches too: its peak activations shrink alike
+                    teacher_tokens = torch.cat([self.teacher_learner.tokens(c) for c in images.chunk(accumulation)])
+            if accumulation == 1:
+                out = self._student_module()(
+                    student_images, token_mask, teacher_tokens, tracks, *score_args[1:3], view_images, views
+                )
+        if accumulation == 1:
+            out.loss.backward()
+        else:
+            out = self._accumulated_backward(student_images, token_mask, view_images, teacher_tokens, score_args)
         if self.config.optim.grad_clip is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             out.metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
@@ -296,6 +307,47 @@ class PostPretrainer:
             self.teacher_learner.objective.after_optimizer_step()
         self.learner.objective.after_optimizer_step()
         return out.metrics
+
+    def _accumulated_backward(self, student_images, token_mask, view_images, teacher_tokens, score_args):
+        """Gradient accumulation that equals the whole-batch step (GradCache).
+
+        1. The student runs on every micro-batch without grad; its tokens are joined.
+        2. The objective scores the whole batch (its Sinkhorn and loss normalisation span
+           the global batch, as without accumulation); backward stops at the tokens.
+        3. Each micro-batch runs the student again, with grad, under the RNG state of its
+           first run, and back-propagates its slice of the token gradient.
+        The student's backbone activations exist for one micro-batch at a time; the
+        extra cost is one no-grad student forward (one frame per clip for MoSiC).
+        Under torch.distributed the gradients are then averaged over processes.
+        """
+        k = self.config.train.accumulation_steps
+        chunks = _micro_batches(student_images.shape[0], k)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_bf16())
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        states, parts = [], []
+        with autocast, torch.no_grad():
+            for chunk in chunks:
+                states.append(_device_rng_state(self.device))
+                parts.append(self.learner.student_tokens(*_slice_inputs(chunk, student_images, token_mask, view_images)))
+        tokens = torch.cat([p[0] for p in parts]).requires_grad_(True)
+        view_tokens = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).requires_grad_(True)
+        with autocast:
+            out = self.learner.score(tokens, view_tokens, token_mask, teacher_tokens, *score_args)
+        out.loss.backward()
+        for chunk, state in zip(chunks, states):
+            with torch.random.fork_rng(devices=rng_devices), autocast:
+                _set_device_rng_state(self.device, state)
+                part_tokens, part_view = self.learner.student_tokens(
+                    *_slice_inputs(chunk, student_images, token_mask, view_images)
+                )
+            outputs, grads = [part_tokens], [tokens.grad[chunk]]
+            if part_view is not None:
+                outputs.append(part_view)
+                grads.append(view_tokens.grad[chunk])
+            torch.autograd.backward(outputs, grads)
+        if dist.is_distributed():
+            dist.average_gradients([p for p in self.learner.parameters() if p.requires_grad])
+        return out
 
     # ---- saving and loading ----------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -318,6 +370,10 @@ class PostPretrainer:
         return save_checkpoint(path, tensors, state, self.config.to_yaml())
 
     def save_checkpoint(self, run_dir: Path) -> None:
+        """Rank 0 writes ``run_dir/checkpoints/step_N``; every process must call this
+        (a sharded optimizer first gathers its moments on rank 0)."""
+        if hasattr(self.optimizer, "consolidate_state_dict"):
+            self.optimizer.consolidate_state_dict(to=0)
         if not dist.is_main_process():
             return
         checkpoints = run_dir / "checkpoints"
@@ -394,13 +450,18 @@ class PostPretrainer:
         if self.optimizer is not None and self.total_steps == total_steps:
             return
         groups = parameter_groups(self.learner.backbone, self.learner.objective, self.config.optim)
-        self.optimizer = build_optimizer(groups, self.config.optim, self.device)
+        shard = self.config.train.shard_optimizer and dist.is_distributed()
+        self.optimizer = build_optimizer(groups, self.config.optim, self.device, shard=shard)
         self.scheduler = build_scheduler(self.optimizer, total_steps, self.config.optim)
         self.total_steps = total_steps
         if dist.is_distributed() and not hasattr(self, "_ddp"):
-            from torch.nn.parallel import DistributedDataParallel
+            if self.config.train.accumulation_steps == 1:
+                from torch.nn.parallel import DistributedDataParallel
 
-            self._ddp = DistributedDataParallel(self.learner)
+                self._ddp = DistributedDataParallel(self.learner)
+            else:  # gradients are averaged by hand after the micro-batches (see _accumulated_backward)
+                dist.broadcast_module(self.learner)
+                self._ddp = self.learner
 
     def _student_module(self) -> torch.nn.Module:
         return getattr(self, "_ddp", self.learner)
@@ -494,6 +555,33 @@ def _token_masks(metas: Sequence[ClipMeta], frames: int, h: int, w: int, ratio: 
         generator = torch.Generator().manual_seed(meta.sample_seed ^ 0x5EED)
         masks[i, torch.randperm(h * w, generator=generator)[:count]] = True
     return masks.view(len(metas), 1, h, w).expand(-1, frames, -1, -1)
+
+
+def _micro_batches(batch: int, k: int) -> list[slice]:
+    """``k`` contiguous slices of a batch of ``batch`` clips (sizes differ by at most one)."""
+    if k > batch:
+        raise ConfigError(f"train.accumulation_steps={k} exceeds the {batch} clips each process gets per step")
+    bounds = [round(i * batch / k) for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _slice_inputs(chunk: slice, images: torch.Tensor, token_mask, view_images):
+    return (
+        images[chunk],
+        None if token_mask is None else token_mask[chunk],
+        None if view_images is None else view_images[chunk],
+    )
+
+
+def _device_rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:

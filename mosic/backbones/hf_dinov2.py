@@ -101,7 +101,7 @@ class HFDinov2(Backbone):
         p = self.num_prefix_tokens
         keep = None
         if token_mask is not None:
-            keep = kept_indices(token_mask, b, h, w)  # (B, L_keep)
+            keep = kept_indices(token_mask, b, h, w, x.device)  # (B, L_keep)
             x = drop_tokens(x, keep, p)
         x = m.encoder(x).last_hidden_state
         x = m.layernorm(x)[:, p:]

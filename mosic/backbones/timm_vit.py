@@ -83,7 +83,7 @@ class TimmViT(Backbone):
         p = self.num_prefix_tokens
         keep = None
         if token_mask is not None:
-            keep = kept_indices(token_mask, b, h, w)  # (B, L_keep)
+            keep = kept_indices(token_mask, b, h, w, x.device)  # (B, L_keep)
             x = drop_tokens(x, keep, p)
             if rope is not None:  # per-image rotary rows of the kept tokens, (B, 1, L_keep, d)
                 rope = rope[keep].unsqueeze(1)

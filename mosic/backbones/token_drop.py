@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def kept_indices(token_mask: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+def kept_indices(
+    token_mask: torch.Tensor, b: int, h: int, w: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Row-major indices (B, L_keep) of the patches with mask False, in increasing order.
 
     ``token_mask`` is (B, h, w) bool, True = drop; every image must keep the same count.
+    The indices are computed where the mask lives and moved to ``device``: the trainer
+    keeps its masks on the CPU, so the count check costs no GPU synchronisation.
     """
     if token_mask.shape != (b, h, w) or token_mask.dtype != torch.bool:
         raise ValueError(
@@ -21,7 +25,8 @@ def kept_indices(token_mask: torch.Tensor, b: int, h: int, w: int) -> torch.Tens
         raise ValueError("token_mask must drop the same number of tokens in every image")
     # stable sort puts kept positions first, in increasing order
     order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
-    return order[:, : int(counts[0])]
+    keep = order[:, : int(counts[0])]
+    return keep if device is None else keep.to(device, non_blocking=True)
 
 
 def drop_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch.Tensor:

@@ -136,7 +136,7 @@ class MoSiCObjective(Objective):
         with torch.no_grad():
             agree = ((logits.argmax(-1).unsqueeze(1) == targets).float() * weights).sum()
             used_clusters = torch.zeros(logits.shape[-1], device=logits.device)
-            used_clusters.index_add_(0, targets[used], torch.ones_like(targets[used], dtype=torch.float32))
+            used_clusters.index_add_(0, targets.flatten(), weights.flatten())  # no boolean indexing: no host sync
             stats = dist.all_reduce_sum(torch.stack([loss_sum.detach(), agree, weights.sum(), agree.new_tensor(weights.numel())]))
             used_clusters = dist.all_reduce_sum(used_clusters)
             metrics = {

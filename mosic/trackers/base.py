@@ -41,6 +41,10 @@ class Tracks:
     def to(self, device: torch.device | str) -> "Tracks":
         return Tracks(self.xy.to(device, non_blocking=True), self.visible.to(device, non_blocking=True))
 
+    def pin_memory(self) -> "Tracks":
+        """Page-locked copy (DataLoader(pin_memory=True) calls this), for non-blocking transfers."""
+        return Tracks(self.xy.pin_memory(), self.visible.pin_memory())
+
     def __getitem__(self, index) -> "Tracks":
         """Index the batch dimension, keeping it (``tracks[1:3]``)."""
         if isinstance(index, int):
