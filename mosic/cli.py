@@ -234,11 +234,16 @@ def _track(args: argparse.Namespace) -> int:
         start_step=args.start_step or config.data.stride,
         track_size=args.track_size,
     )
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from .distributed import init_from_environment, is_main_process, local_device
+
+    device = local_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    init_from_environment(device)  # under torchrun: every process tracks every world-th video
     source = open_videos(args.videos, backend=config.data.backend)
     tracker = TRACKERS.create(name, **kwargs)
     started = time.perf_counter()
     out = write_track_cache(source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
     print(
         f"tracked {len(source)} videos with {name} in {time.perf_counter() - started:.1f} s "
         f"({settings.grid_size}x{settings.grid_size} points per clip start); "

@@ -60,6 +60,22 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
+def all_gather_object(obj):
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in one process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def local_device(kind: str) -> torch.device:
+    """``cuda:LOCAL_RANK`` under torchrun on CUDA, else the device ``kind`` names."""
+    if kind == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(kind)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

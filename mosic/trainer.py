@@ -601,8 +601,8 @@ def _describe(obj: Any) -> str:
 
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return dist.local_device(name)  # plain "cuda" under torchrun: this process's GPU
 
 
 def _load_prefixed(module: torch.nn.Module, tensors: dict, prefix: str, source: Path) -> None:

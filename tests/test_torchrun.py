@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import torch
+from safetensors import safe_open
 
 from conftest import tiny_config
 
@@ -80,3 +81,27 @@ def test_torchrun_two_nodes_by_rendezvous(tmp_path):
     assert outputs[0][0].count("done: 2 steps") == 1 and "done" not in outputs[1][0]
     losses = read_run(tmp_path / "two-nodes")
     assert torch.allclose(torch.tensor(losses), torch.tensor(single_process_losses(tmp_path)), rtol=1e-4)
+
+
+def test_torchrun_tracks_a_cache_in_parallel_like_one_process(tmp_path):
+    from mosic.cli import main
+
+    args = ["--tracker", "oracle", "--grid", "4", "--device", "cpu", "--no-progress", "data.num_frames=4", "data.frame_stride=2"]
+    assert main(["track", VIDEOS, "--out", str(tmp_path / "one"), *args]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mosic"]
+    result = subprocess.run(
+        [*cmd, "track", VIDEOS, "--out", str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=300, env=ENV
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("tracked 8 videos") == 1
+    one, two = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
+    assert two["complete"] and not list((tmp_path / "two").glob("manifest.part-*"))
+    # the same videos, fingerprints, starts and tracks, in video order (file hashes differ:
+    # safetensors writes its metadata dict in a per-process hash order)
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "sha256"} for e in entries]  # noqa: E731
+    assert strip(two["videos"]) == strip(one["videos"])
+    for entry in one["videos"]:
+        with safe_open(tmp_path / "one" / entry["file"], "pt") as a, safe_open(tmp_path / "two" / entry["file"], "pt") as b:
+            assert a.metadata() == b.metadata() and a.keys() == b.keys()
+            for key in a.keys():
+                assert torch.equal(a.get_tensor(key), b.get_tensor(key)), (entry["name"], key)

@@ -34,12 +34,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..data.clips import effective_stride
 from ..data.source import VideoSource
 from .base import Tracker, Tracks
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
+PART_MANIFESTS = "manifest.part-*.json"  # one per process of a `torchrun ... mosic track`, merged at the end
 
 
 class StaleCacheError(ValueError):
@@ -111,8 +113,12 @@ def write_track_cache(
     Videos whose file already exists with the same settings and fingerprint are kept,
     so an interrupted run continues where it stopped. Starts of one video are tracked
     together in batches of ``batch_size`` clips. Returns ``out_dir``.
+
+    Under torchrun every process tracks every world-th video and keeps its progress in
+    ``manifest.part-RANK.json``; at the end rank 0 writes the complete manifest.
     """
     out = Path(out_dir)
+    rank, world = dist.rank(), dist.world_size()
     (out / "tracks").mkdir(parents=True, exist_ok=True)
     previous = _read_manifest(out) if (out / MANIFEST).is_file() else None
     if previous is not None and previous["settings"] != asdict(settings):
@@ -121,28 +127,41 @@ def write_track_cache(
             "choose another --out or delete it"
         )
     known = {v["name"]: v for v in previous["videos"]} if previous else {}
-    entries: list[dict[str, Any]] = []
+    for part in sorted(out.glob(PART_MANIFESTS)):  # progress of an interrupted multi-process run
+        partial = _read_manifest(out, part.name)
+        if partial["settings"] == asdict(settings):
+            known.update({v["name"]: v for v in partial["videos"]})
+    dist.barrier()  # every process has read the old progress before any rewrites it
+    entries: dict[int, dict[str, Any]] = {}
     tracker.to(device)
-    indices = range(len(source))
-    if progress:
+    indices = range(rank, len(source), world)  # under torchrun: every world-th video
+    if progress and dist.is_main_process():
         from rich.progress import track as rich_track
 
         indices = rich_track(indices, description="tracking videos")
+    manifest_name = MANIFEST if world == 1 else PART_MANIFESTS.replace("*", str(rank))
     for index in indices:
         name = source.video_name(index)
         fingerprint = video_fingerprint(source, index)
         file = out / "tracks" / f"{index:06d}.safetensors"
         old = known.get(name)
         if old and old["fingerprint"] == fingerprint and file.is_file() and _file_sha256(file) == old["sha256"]:
-            entries.append(old)
+            entries[index] = old
             continue
         entry = _track_video(source, index, tracker, settings, file, batch_size, device)
         entry.update(name=name, fingerprint=fingerprint)
-        entries.append(entry)
-        _write_manifest(out, settings, entries, complete=False)
+        entries[index] = entry
+        _write_manifest(out, settings, [entries[i] for i in sorted(entries)], complete=False, name=manifest_name)
         if on_video is not None:
             on_video(index, name)
-    _write_manifest(out, settings, entries, complete=True)
+    if world > 1:
+        for gathered in dist.all_gather_object(entries):
+            entries.update(gathered)
+    if dist.is_main_process():
+        _write_manifest(out, settings, [entries[i] for i in range(len(source))], complete=True)
+        for part in out.glob(PART_MANIFESTS):
+            part.unlink()
+    dist.barrier()
     return out
 
 
@@ -188,7 +207,9 @@ def _track_video(source, index, tracker, settings, file: Path, batch_size: int, 
     return {"file": f"tracks/{file.name}", "sha256": _file_sha256(file), "num_frames": n, "stride": stride, "starts": starts}
 
 
-def _write_manifest(out: Path, settings: CacheSettings, entries: list[dict], complete: bool) -> None:
+def _write_manifest(
+    out: Path, settings: CacheSettings, entries: list[dict], complete: bool, name: str = MANIFEST
+) -> None:
     manifest = {
         "version": CACHE_VERSION,
         "complete": complete,
@@ -196,19 +217,19 @@ def _write_manifest(out: Path, settings: CacheSettings, entries: list[dict], com
         "settings": asdict(settings),
         "videos": entries,
     }
-    tmp = out / (MANIFEST + ".tmp")
+    tmp = out / (name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, out / MANIFEST)
+    os.replace(tmp, out / name)
 
 
-def _read_manifest(out: Path) -> dict[str, Any]:
+def _read_manifest(out: Path, name: str = MANIFEST) -> dict[str, Any]:
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
+        manifest = json.loads((out / name).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise StaleCacheError(f"cannot read the track cache manifest {out / MANIFEST}: {exc}") from exc
+        raise StaleCacheError(f"cannot read the track cache manifest {out / name}: {exc}") from exc
     if manifest.get("version") != CACHE_VERSION:
         raise StaleCacheError(
             f"{out} is a version {manifest.get('version')} track cache; this mosic reads version {CACHE_VERSION}: "
