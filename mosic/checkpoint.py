@@ -43,7 +43,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: d
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
+        save_file(_unshared(tensors), str(tmp / TENSORS))
         _write_text(tmp / STATE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
         _write_text(tmp / CONFIG, config_yaml)
         _fsync(tmp / TENSORS)
@@ -123,6 +123,20 @@ def optimizer_from_checkpoint(tensors: dict, meta: dict, prefix: str = "optimize
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors safetensors can write: a tensor whose memory an earlier one already
+    uses (the teacher's frozen blocks are the student's) is written as its own copy."""
+    out, seen = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        storage = value.untyped_storage().data_ptr()
+        if storage in seen:
+            value = value.clone()
+        seen.add(storage)
+        out[key] = value
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -53,7 +53,11 @@ def sinkhorn(
 
 def _global_column_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """log(sum over rows of exp(logits)) per column, over all processes: (1, K)."""
-    peak = all_reduce_max(logits.amax(dim=0, keepdim=True))
+    if logits.shape[0] == 0:  # a process without rows still takes part in the all-reduces
+        local = logits.new_full((1, logits.shape[1]), float("-inf"))
+    else:
+        local = logits.amax(dim=0, keepdim=True)
+    peak = all_reduce_max(local)
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
     total = all_reduce_sum((logits - peak).exp().sum(dim=0, keepdim=True))
     return total.log() + peak

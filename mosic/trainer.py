@@ -92,7 +92,7 @@ class PostPretrainer:
 
         self.learner = Learner(backbone_module, objective_module).to(self.device)
         if self.config.train.ema:
-            self.teacher_learner = copy.deepcopy(self.learner).requires_grad_(False)
+            self.teacher_learner = _ema_copy(self.learner)
         else:
             self.teacher_learner = self.learner
         self._ema_pairs = [
@@ -555,6 +555,19 @@ def _token_masks(metas: Sequence[ClipMeta], frames: int, h: int, w: int, ratio: 
         generator = torch.Generator().manual_seed(meta.sample_seed ^ 0x5EED)
         masks[i, torch.randperm(h * w, generator=generator)[:count]] = True
     return masks.view(len(metas), 1, h, w).expand(-1, frames, -1, -1)
+
+
+def _ema_copy(learner: Learner) -> Learner:
+    """The teacher: a copy of ``learner`` without grad whose frozen parameters *are* the
+    student's (the EMA never changes them), so frozen blocks are held once in memory."""
+    teacher = copy.deepcopy(learner).requires_grad_(False)
+    student_params = dict(learner.named_parameters())
+    for name, module in teacher.named_modules():
+        for key, param in list(module._parameters.items()):
+            source = student_params.get(f"{name}.{key}" if name else key)
+            if param is not None and source is not None and not source.requires_grad:
+                module._parameters[key] = source
+    return teacher
 
 
 def _micro_batches(batch: int, k: int) -> list[slice]:

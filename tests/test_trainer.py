@@ -165,3 +165,18 @@ def test_oracle_refuses_real_videos(tmp_path):
         Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(folder / f"{i:05d}.jpg")
     with pytest.raises(ValueError, match="oracle"):
         make_trainer(**{"data.global_batch_size": 1}).fit(tmp_path)
+
+
+def test_teacher_holds_the_frozen_blocks_once(tmp_path, synthetic):
+    trainer = make_trainer(**{"train.max_steps": 2})
+    student = dict(trainer.learner.named_parameters())
+    teacher = dict(trainer.teacher_learner.named_parameters())
+    frozen = [n for n, p in student.items() if not p.requires_grad]
+    assert frozen and all(teacher[n] is student[n] for n in frozen)
+    assert all(teacher[n] is not p and not teacher[n].requires_grad for n, p in student.items() if p.requires_grad)
+    trainer.fit(synthetic, out_dir=tmp_path)  # checkpoints write shared tensors as copies
+    loaded = PostPretrainer.load(tmp_path)
+    for name, value in trainer.teacher_learner.state_dict().items():
+        assert torch.equal(loaded.teacher_learner.state_dict()[name], value), name
+    loaded_student = dict(loaded.learner.named_parameters())
+    assert all(dict(loaded.teacher_learner.named_parameters())[n] is loaded_student[n] for n in frozen)
