@@ -185,3 +185,22 @@ def test_resume_on_a_different_number_of_processes(tmp_path, single_process_run)
     assert_same_training(
         reference, initial, resumed.learner.state_dict(), [r["loss"] for r in resumed.history], first=2
     )
+
+
+def test_the_paper_scale_example_config_is_the_preset_plus_run_settings():
+    from conftest import ROOT
+
+    from mosic.config import RunConfig
+
+    example = RunConfig.load(ROOT / "examples" / "paper_scale_8gpu.yaml")
+    preset = RunConfig.load("dinov2-b14")
+    run_specific = {
+        "data.videos": "data/ytvos/train_all_frames/JPEGImages",
+        "data.num_workers": 8,
+        "tracker.cache": "data/ytvos/tracks",
+        "tracker.kwargs": {"weights": "checkpoints/scaled_offline.pth"},
+        "train.out_dir": "runs/ytvos-dinov2-b14",
+        "train.checkpoint_every": 54,
+    }
+    assert example == preset.with_overrides(run_specific)
+    assert example.data.global_batch_size == 64 and example.data.stride == 8  # 8 clips per GPU on 8 GPUs
