@@ -12,7 +12,7 @@ clips (8 = global batch 64 on 8 GPUs):
 * the student's activations kept for backward, measured: one student forward of one
   clip (frame 0) under ``saved_tensors_hooks`` counting every distinct saved storage,
   times the per-GPU batch;
-* the teacher's output tokens (B x T x h x w x D bf16), exact.
+* the teacher's output tokens (B x T x h x w x D, fp32 after the final norm), exact.
 
 Not counted: the teacher's transient activations inside one block, the allocator's
 slack and CUDA's own context (~0.5 GiB); ``benchmarks/components.py --device cuda``
@@ -34,9 +34,10 @@ from mosic.objectives.base import OBJECTIVES
 GIB = 1024**3
 
 
-def saved_activation_bytes(backbone, size: int, mask_ratio: float, autocast: bool) -> int:
+def saved_activation_bytes(backbone, size: int, mask_ratio: float, autocast: bool) -> tuple[int, int]:
     """Bytes of the distinct tensors autograd saves for backward in one student forward
-    of one image (the frame-0 image of one clip)."""
+    of one image (the frame-0 image of one clip), and the bytes per element of the
+    backbone's output tokens (fp32: the final LayerNorm runs in fp32 under autocast)."""
     h = w = size // backbone.patch_size
     image = torch.randn(1, 3, size, size)
     mask = None
@@ -57,8 +58,9 @@ def saved_activation_bytes(backbone, size: int, mask_ratio: float, autocast: boo
             out = backbone(image, mask)
     # parameters are saved by reference, they are state, not activations
     params = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
+    element = out.element_size()
     del out
-    return sum(n for ptr, n in seen.items() if ptr not in params)
+    return sum(n for ptr, n in seen.items() if ptr not in params), element
 
 
 def measure(name: str, args) -> dict:
@@ -70,9 +72,9 @@ def measure(name: str, args) -> dict:
     trained = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     heads = sum(p.numel() for p in objective.parameters())
     learned = trained + heads  # what the optimizer and the EMA touch
-    activation = saved_activation_bytes(backbone, args.size, args.mask_ratio, autocast=True)
+    activation, element = saved_activation_bytes(backbone, args.size, args.mask_ratio, autocast=True)
     h = args.size // backbone.patch_size
-    teacher_tokens = args.per_gpu * args.frames * h * h * backbone.embed_dim * 2
+    teacher_tokens = args.per_gpu * args.frames * h * h * backbone.embed_dim * element
     state = {
         "student weights": 4 * (total + heads),
         "teacher weights (trained blocks + head)": 4 * learned,

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grid", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=["mosic", "reference-cached", "reference-tracker"], help="run one step kind (per-step peak RSS)")
+    parser.add_argument("--mask-ratio", type=float, default=0.0, help="mosic's token masking (authors' train.sh: 0)")
     args = parser.parse_args(argv)
     extra = {k: int(v) for k, v in (kv.split("=") for kv in args.backbone_kwargs.split(",") if kv)}
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "backbone": {"name": args.backbone, "pretrained": False, "kwargs": extra},
         "tracker": {"name": "oracle", "grid_size": args.grid},
         "data": {"num_frames": args.frames, "frame_stride": 2, "size": args.size, "global_batch_size": args.batch},
-        "train": {"mask_ratio": 0.0, "device": args.device, "progress": False},
+        "train": {"mask_ratio": args.mask_ratio, "device": args.device, "progress": False},
     }
     trainer = mosic.PostPretrainer(config=config)
     trainer._prepare_optimizer(1000)
@@ -126,14 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {"weights": False} if "weights" in inspect.signature(factory).parameters else {}
     tracker = mosic.create_tracker(args.reference_tracker, **kwargs).to(args.device)
 
-    results = {
-        "mosic (cached tracks)": timed(lambda: trainer.train_step(batch), args.repeats, args.device),
-        "reference (cached tracks)": timed(lambda: reference_step(reference, frames, cached, None), args.repeats, args.device),
-        f"reference ({args.reference_tracker} in the step)": timed(
-            lambda: reference_step(reference, frames, None, tracker), args.repeats, args.device
-        ),
+    steps = {
+        "mosic (cached tracks)": lambda: trainer.train_step(batch),
+        "reference (cached tracks)": lambda: reference_step(reference, frames, cached, None),
+        f"reference ({args.reference_tracker} in the step)": lambda: reference_step(reference, frames, None, tracker),
     }
-    base = results["mosic (cached tracks)"]
+    if args.only:
+        kinds = ["mosic", "reference-cached", "reference-tracker"]
+        steps = {k: v for kind, (k, v) in zip(kinds, steps.items()) if kind == args.only}
+    results, peaks = {}, {}
+    for name, step in steps.items():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        results[name] = timed(step, args.repeats, args.device)
+        if args.device.startswith("cuda"):
+            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+    base = results.get("mosic (cached tracks)", next(iter(results.values())))
     print(
         f"| step | s per step | clips/s | mosic speed-up | ({args.backbone} {extra or ''} random init, {args.batch} clips x "
         f"{args.frames} frames, {args.size} px, {args.grid}x{args.grid} points, {args.device}, {torch.get_num_threads()} threads)"
@@ -142,10 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, seconds in results.items():
         print(f"| {name} | {seconds:.2f} | {args.batch / seconds:.3f} | {seconds / base:.2f}x |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory of the process: {peak:.0f} MiB (both steps; CUDA peaks need --device cuda)")
-    if args.device.startswith("cuda"):
-        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    return results
+    print(f"peak resident memory of the process: {peak:.0f} MiB (every step run; --only NAME for one)")
+    for name, mib in peaks.items():
+        print(f"peak CUDA memory, {name}: {mib:.0f} MiB")
+    return {"seconds": results, "peak_cuda_mib": peaks, "peak_rss_mib": peak}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .backbones.base import Backbone
+from .device import to_device
 from .objectives.base import Objective, ObjectiveInputs, ObjectiveOutput
 from .trackers.base import Tracks
 from .data.transforms import ViewTransform
@@ -55,7 +56,7 @@ class Learner(nn.Module):
     ) -> ObjectiveOutput:
         """The objective's half: student and teacher tokens + tracks -> loss and metrics."""
         if token_mask is not None:
-            token_mask = token_mask.to(student_tokens.device, non_blocking=True)
+            token_mask = to_device(token_mask, student_tokens.device)
         inputs = ObjectiveInputs(
             student_tokens=student_tokens,
             teacher_tokens=teacher_tokens,

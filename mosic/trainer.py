@@ -34,6 +34,7 @@ from .checkpoint import (
 from .config import ConfigError, RunConfig
 from .data.clips import ClipDataset, ClipMeta, collate_clips
 from .data.transforms import apply_views
+from .device import to_device
 from .ema import ema_momentum, ema_update_
 from .learner import Learner
 from .objectives.base import Objective
@@ -255,7 +256,7 @@ class PostPretrainer:
         """
         if self.optimizer is None:
             raise RuntimeError("call fit() (or _prepare_optimizer) before train_step")
-        frames = batch["frames"].to(self.device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        frames = to_device(batch["frames"], self.device)  # (B, T, 3, H, W) uint8
         metas = batch["meta"]
         objective = self.learner.objective
         if not objective.uses_tracks:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..device import to_device
+
 
 def kept_indices(
     token_mask: torch.Tensor, b: int, h: int, w: int, device: torch.device | None = None
@@ -26,7 +28,7 @@ def kept_indices(
     # stable sort puts kept positions first, in increasing order
     order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
     keep = order[:, : int(counts[0])]
-    return keep if device is None else keep.to(device, non_blocking=True)
+    return keep if device is None else to_device(keep, device)
 
 
 def drop_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch.Tensor:

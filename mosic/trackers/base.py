@@ -39,7 +39,9 @@ class Tracks:
             self.visible = self.visible.bool()
 
     def to(self, device: torch.device | str) -> "Tracks":
-        return Tracks(self.xy.to(device, non_blocking=True), self.visible.to(device, non_blocking=True))
+        from ..device import to_device
+
+        return Tracks(to_device(self.xy, device), to_device(self.visible, device))
 
     def pin_memory(self) -> "Tracks":
         """Page-locked copy (DataLoader(pin_memory=True) calls this), for non-blocking transfers."""
