@@ -80,6 +80,17 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="torch seed before building the backbone (random initialisation)")
     ev.add_argument("--compare", nargs=2, metavar=("RESULT_A", "RESULT_B"), help="print the difference of two reports")
 
+    check = sub.add_parser("check-data", help="scan videos before training: list the ones training would skip, and why")
+    check.add_argument("videos", nargs="+", help="folder of videos or frame folders, video files, or a dataset root")
+    check.add_argument("--num-frames", type=int, help="frames per clip (default: the config's data.num_frames)")
+    check.add_argument("--stride", type=int, help="frames between clip frames (default: the config's data.stride)")
+    check.add_argument("--backend", choices=["auto", "decord", "pyav"], help="video decoder (default: data.backend)")
+    check.add_argument("--config", help="RunConfig whose data settings to use (default: the paper's)")
+    check.add_argument("--full", action="store_true", help="decode every frame, not one clip and the last frame (slow)")
+    check.add_argument("--workers", type=int, help="reading threads (default: up to 8)")
+    check.add_argument("--json", metavar="OUT", help="also write every video's result as JSON here")
+    check.add_argument("-v", "--verbose", action="store_true", help="list usable videos too")
+
     export = sub.add_parser("export", help="write a run's post-pretrained backbone for timm, transformers or torch.hub")
     export.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
     export.add_argument("out", help="output folder")
@@ -97,11 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, extra = [*args.overrides, *extra], []  # overrides after options
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .data.clips import NoUsableVideosError
+    from .data.readers import VideoReadError
     from .errors import WeightsUnavailableError
+    from .nonfinite import NonFiniteLossError
 
+    user_errors = (
+        ValueError, KeyError, FileNotFoundError, WeightsUnavailableError,
+        NoUsableVideosError, VideoReadError, NonFiniteLossError,
+    )
     try:
         return _run(args)
-    except (ValueError, KeyError, FileNotFoundError, WeightsUnavailableError) as exc:  # user errors: a message, not a traceback
+    except user_errors as exc:  # user errors: a message, not a traceback
         print(f"mosic {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -138,6 +156,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         return _eval(args)
+    if args.command == "check-data":
+        from .data.check import run_check_data
+
+        return run_check_data(args)
     if args.command == "config":
         config = RunConfig.load(args.config) if args.config else RunConfig()
         print(config.with_overrides(args.overrides).to_yaml(), end="")
@@ -171,7 +193,10 @@ def _key_values(items: list[str], what: str) -> dict:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"{what} must look like key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{what} {item!r}: the value is not valid YAML ({exc.problem or exc})") from None
     return out
 
 

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: a positive int (list items)
+PositiveInt = Annotated[int, Field(ge=1)]
+#: largest seed + epoch torch generators accept with room to spare
+_MAX_SEED = 2**63
 
 
 class ConfigError(ValueError):
@@ -21,7 +28,42 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf / nan are never meaningful here, and would not survive a save (JSON writes them as null)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("kwargs", check_fields=False)
+    @classmethod
+    def _check_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        problem = _not_plain(kwargs)
+        if problem:
+            raise ValueError(
+                f"kwargs must hold plain data that a saved config can hold (str, int, finite float, bool, None, "
+                f"lists and mappings of them, paths): {problem}"
+            )
+        return kwargs
+
+
+def _not_plain(value: Any, where: str = "", _open: frozenset[int] = frozenset()) -> str | None:
+    """Why ``value`` is not plain YAML/JSON data (None when it is). YAML anchors can build
+    self-referencing lists and mappings (``&a [*a]``): those are reported, not recursed into."""
+    if value is None or isinstance(value, (bool, int, str, os.PathLike)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where or 'a value'} is {value}"
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in _open or len(_open) > 50:
+            return f"{where or 'a value'} is a self-referencing (or too deeply nested) structure"
+        _open = _open | {id(value)}
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                return f"key {key!r} of {where or 'kwargs'} is not a string"
+            inner = (f"{where}.{key}" if where else key) if isinstance(value, dict) else f"{where}[{key}]"
+            problem = _not_plain(item, inner, _open)
+            if problem:
+                return problem
+        return None
+    return f"{where or 'a value'} is a {type(value).__name__}"
 
 
 class BackboneConfig(_Section):
@@ -34,7 +76,9 @@ class BackboneConfig(_Section):
     source: Literal["timm", "hf", "open_clip"] | None = Field(
         None, description="provider of a registered backbone (None: the card's default, timm)"
     )
-    train_blocks: int | Literal["all"] = Field(2, description="train the last N blocks (+ final norm) or 'all'")
+    train_blocks: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+        2, description="train the last N blocks (+ final norm) or 'all'"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the backbone factory")
 
 
@@ -60,7 +104,7 @@ class ObjectiveConfig(_Section):
     )
     num_prototypes: int = Field(100, ge=2, description="K prototypes (paper Table 6e: 100; 50-300 tried)")
     projection_dim: int = Field(256, ge=1)
-    head_hidden_dims: list[int] = Field(
+    head_hidden_dims: list[PositiveInt] = Field(
         default_factory=lambda: [2048, 2048],
         description="projection MLP hidden widths (paper: 2048, 2048; authors' code: 1024, 1024, 512)",
     )
@@ -115,6 +159,11 @@ class DataConfig(_Section):
     )
     num_workers: int = Field(4, ge=0)
     backend: Literal["auto", "decord", "pyav"] = "auto"
+    skip_bad_videos: bool = Field(
+        True,
+        description="a video that cannot be read is skipped (one warning, counted, reported at the end) and "
+        "another takes its place in the batch; False: the first bad video stops the run",
+    )
 
     @property
     def stride(self) -> int:
@@ -123,23 +172,31 @@ class DataConfig(_Section):
             return self.frame_stride
         return max(1, round(self.clip_seconds * self.fps / self.num_frames))
 
-    @model_validator(mode="after")
-    def _check_scale(self) -> "DataConfig":
-        lo, hi = self.crop_scale
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, crop_scale: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        return self
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {crop_scale}")
+        return crop_scale
 
 
 class OptimConfig(_Section):
     backbone_lr: float = Field(1e-5, ge=0)
     head_lr: float = Field(1e-4, ge=0, description="projection head and prototypes")
     weight_decay: float = Field(0.01, ge=0, description="0 for biases and 1-D parameters")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm; None = off (paper)")
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {betas}")
+        return betas
 
 
 class TrainConfig(_Section):
@@ -153,7 +210,7 @@ class TrainConfig(_Section):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=_MAX_SEED, description="non-negative random seed")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = Field(2, ge=1)
@@ -168,11 +225,30 @@ class TrainConfig(_Section):
     shard_optimizer: bool = Field(
         False, description="ZeRO-1: each process keeps 1/world of the AdamW moments (ZeroRedundancyOptimizer)"
     )
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        description="a step whose loss or gradient is not finite is skipped with a warning; "
+        "this many in a row stop the run (the last checkpoint stays as it was)",
+    )
     compile: bool = Field(False, description="torch.compile the student's and teacher's backbones")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor; eager for debugging)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
         None, description="torch.compile mode (None: the backend's default)"
     )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if device == "auto":
+            return device
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', got {device!r}") from None
+        return device
 
 
 class RunConfig(_Section):
@@ -186,6 +262,8 @@ class RunConfig(_Section):
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of sections (backbone, tracker, ...), got {type(data).__name__}")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -193,18 +271,45 @@ class RunConfig(_Section):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunConfig":
-        """Read YAML or JSON (``yaml.safe_load``: no arbitrary objects)."""
+        """Read YAML (``yaml.safe_load``: no arbitrary objects) or, for ``.json`` files, JSON.
+
+        A file is untrusted input: YAML tags that would build Python objects
+        (``!!python/object/apply:os.system``...) are refused with a :class:`ConfigError`
+        naming the file, as are unreadable files and syntax errors.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: a config must be UTF-8 YAML or JSON text ({exc})") from None
+        if path.suffix.lower() == ".json":  # JSON proper: PyYAML (YAML 1.1) misreads 1e-05 and some characters
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+            return cls.from_dict(data)
+        return cls.from_yaml(text, str(path))
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<string>") -> "RunConfig":
+        """Parse YAML/JSON text with ``yaml.safe_load``; ``source`` names it in errors (a
+        checkpoint's ``config.yaml``...). Python-object tags and syntax errors raise :class:`ConfigError`."""
+        if not isinstance(text, str):
+            raise TypeError(f"RunConfig.from_yaml: text must be a str, got {type(text).__name__}")
+        data = _safe_yaml(text, source) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, spec: str | Path) -> "RunConfig":
         """A YAML/JSON file, or the name of a packaged preset (``mosic list presets``)."""
+        if not isinstance(spec, (str, Path)):
+            raise TypeError(f"RunConfig.load: spec must be a file path or a preset name (str), got {type(spec).__name__}")
         path = Path(spec)
         if path.is_file():
             return cls.from_file(path)
@@ -221,10 +326,17 @@ class RunConfig(_Section):
         """A copy with ``{"train.max_steps": 10}``, ``["train.max_steps=10"]`` or
         unambiguous bare field names (``{"max_steps": 10}``) applied. Entries of the
         ``kwargs`` dicts are set with ``"tracker.kwargs.weights=/path"``."""
-        if isinstance(overrides, list):
+        if isinstance(overrides, (list, tuple)):
             overrides = dict(_parse_assignment(item) for item in overrides)
+        if not isinstance(overrides, dict):
+            raise ConfigError(
+                "overrides must be a dict {'section.key': value} or a list of 'section.key=value' strings, "
+                f"got {type(overrides).__name__}"
+            )
         data = self.model_dump()
         for key, value in overrides.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"override keys must be strings like 'train.max_steps', got {key!r}")
             head, _, entry = key.partition(".kwargs.")
             if entry:  # one entry of a section's free-form kwargs
                 section, field = self.resolve_key(f"{head}.kwargs")
@@ -280,10 +392,30 @@ def preset_summary(name: str) -> str:
 
 
 def _parse_assignment(item: str) -> tuple[str, Any]:
-    if "=" not in item:
+    if not isinstance(item, str) or "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), _safe_yaml(raw, f"the override {item!r}") if raw.strip() else None
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; errors (a tag that would build a Python object, bad syntax)
+    become a :class:`ConfigError` that says where."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(
+            f"{where}: {exc.problem or exc}{_mark(exc)}. Configs are read with yaml.safe_load: tags that "
+            "would build Python objects or run code (!!python/object, !!python/object/apply, ...) are refused; "
+            "write plain values (numbers, strings, lists, mappings)"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML/JSON: {exc}") from None
+
+
+def _mark(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
 def _unknown(full: str, name: str, choices: list[str], what: str) -> str:
@@ -292,12 +424,35 @@ def _unknown(full: str, name: str, choices: list[str], what: str) -> str:
     return f"unknown config {what} {name!r} in {full!r}{hint}"
 
 
+_UNION_TAGS = {"int", "str", "bool", "float", "none"}
+
+
+def _field_path(loc: tuple) -> str:
+    """``("backbone", "train_blocks", "constrained-int")`` -> ``"backbone.train_blocks"``: the
+    config path without pydantic's union-member tags."""
+    parts = [
+        str(p) for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or any(c in p for c in "[-(")))
+    ]
+    return ".".join(parts)
+
+
 def _format_errors(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
+    problems: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _field_path(err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key (check the spelling; `mosic fit --help` lists the sections)")
+            message = "unknown key (check the spelling; `mosic fit --help` lists the sections)"
         else:
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+            message = err["msg"]
+            inputs.setdefault(loc, err.get("input"))
+        if message not in problems.setdefault(loc, []):
+            problems[loc].append(message)
+    lines = ["invalid configuration:"]
+    for loc, messages in problems.items():
+        line = f"  {loc}: {' or '.join(messages)}"
+        if loc in inputs:
+            got = repr(inputs[loc])
+            line += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
+        lines.append(line)
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import torch
@@ -13,8 +14,8 @@ def pixels_to_grid(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
     Matches ``align_corners=False``: the image extent [-0.5, W - 0.5] maps to [-1, 1].
     """
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=xy.device, dtype=torch.float32)
-    return (xy.float() + 0.5) * scale - 1.0
+    xy = xy.float() + 0.5  # Python-float scales: no host-to-device copy
+    return torch.stack([xy[..., 0] * (2.0 / width) - 1.0, xy[..., 1] * (2.0 / height) - 1.0], dim=-1)
 
 
 def sample_at_points(
@@ -28,17 +29,48 @@ def sample_at_points(
     Args:
         tokens: (B, h, w, D) patch tokens of images of size (h * patch_size, w * patch_size).
         xy: (B, N, 2) (x, y) pixels of those images.
+        patch_size: pixels per patch side, an int > 0.
         mode: "bilinear" between patch centres (teacher) or "nearest" patch (student).
     Returns:
         (B, N, D) float32 (positions are never rounded to a low-precision dtype).
-        Points outside the image read the nearest border patch.
+        Points outside the image read the nearest border patch; a point at a patch
+        centre reads that patch's token exactly.
+    Raises:
+        TypeError, ValueError: malformed arguments; the message names the argument and
+            the expected form (shape and dtype checks only: no host synchronisation).
     """
+    _check_inputs(tokens, xy, patch_size, mode)
     b, h, w, d = tokens.shape
-    if xy.shape[0] != b or xy.shape[-1] != 2 or xy.ndim != 3:
-        raise ValueError(f"xy must be (B={b}, N, 2), got {tuple(xy.shape)}")
     # fp32 positions and features: a bf16 grid would round positions to ~1/128 of the image
     grid = pixels_to_grid(xy, h * patch_size, w * patch_size).unsqueeze(2)  # (B, N, 1, 2)
     out = F.grid_sample(
         tokens.float().permute(0, 3, 1, 2), grid, mode=mode, padding_mode="border", align_corners=False
     )  # (B, D, N, 1)
     return out.squeeze(-1).transpose(1, 2)
+
+
+_MODES = ("bilinear", "nearest")
+
+
+def _describe(x: object) -> str:
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_inputs(tokens: object, xy: object, patch_size: object, mode: object) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 4 or not tokens.is_floating_point():
+        kind = ValueError if isinstance(tokens, torch.Tensor) else TypeError
+        raise kind(f"sample_at_points: tokens must be a (B, h, w, D) float patch grid, got {_describe(tokens)}")
+    b, h, w, _ = tokens.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"sample_at_points: tokens must be a (B, h, w, D) grid with h, w >= 1, got {tuple(tokens.shape)}")
+    if not isinstance(xy, torch.Tensor) or xy.ndim != 3 or xy.shape[-1] != 2 or xy.shape[0] != b or not xy.is_floating_point():
+        kind = ValueError if isinstance(xy, torch.Tensor) else TypeError
+        raise kind(f"sample_at_points: xy must be (B={b}, N, 2) float pixels (x, y), got {_describe(xy)}")
+    if xy.device != tokens.device:
+        raise ValueError(f"sample_at_points: xy must be on the device of tokens ({tokens.device}), got {xy.device}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
+        raise TypeError(f"sample_at_points: patch_size must be an int > 0 (pixels per patch side), got {type(patch_size).__name__}")
+    if patch_size < 1:
+        raise ValueError(f"sample_at_points: patch_size must be an int > 0 (pixels per patch side), got {patch_size}")
+    if mode not in _MODES:
+        raise ValueError(f"sample_at_points: mode must be 'bilinear' or 'nearest', got {mode!r}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .distributed import all_reduce_max, all_reduce_sum
+from .distributed import all_reduce_max, all_reduce_sum, is_distributed
 
 
 def sinkhorn(
@@ -26,14 +27,18 @@ def sinkhorn(
 
     Args:
         scores: (M, K) similarities (cosine, in [-1, 1]).
-        epsilon: entropic regularisation (0.05 in the paper).
-        iterations: number of column+row normalisation rounds.
-        mask: optional (M,) bool; False rows take no part and get all-zero rows.
+        epsilon: entropic regularisation, > 0 (0.05 in the paper).
+        iterations: number of column+row normalisation rounds (an int >= 1).
+        mask: optional (M,) bool on the device of ``scores``; False rows take no part and
+            get all-zero rows.
     Returns:
         (M, K) fp32 assignment; every used row sums to 1, every column to ~n/K.
+    Raises:
+        TypeError, ValueError: malformed arguments (the message names the argument and the
+            expected form). Non-finite scores are reported for CPU tensors in a single process
+            only (the check would cost a host sync on GPUs).
     """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (M, K), got {tuple(scores.shape)}")
+    _check_inputs(scores, epsilon, iterations, mask)
     with torch.autocast(device_type=scores.device.type, enabled=False):
         logits = scores.float() / epsilon
         num_prototypes = logits.shape[1]
@@ -49,6 +54,41 @@ def sinkhorn(
             logits = logits - torch.where(used, row, torch.zeros_like(row))
         # rows now sum to 1 (the transport plan times n)
         return torch.where(used, logits.exp(), torch.zeros_like(logits)) * (num_rows > 0)
+
+
+def _check_inputs(scores: object, epsilon: object, iterations: object, mask: object) -> None:
+    """Fail fast, naming the argument and the expected form. Shape and dtype checks only,
+    plus a finiteness check of CPU scores in a single process (free of host syncs)."""
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"sinkhorn: scores must be an (M, K) float tensor, got {type(scores).__name__}")
+    if scores.ndim != 2 or not scores.is_floating_point() or scores.shape[1] < 1:
+        raise ValueError(
+            f"sinkhorn: scores must be an (M, K) float tensor with K >= 1 (M rows, K prototypes), "
+            f"got {scores.dtype} {tuple(scores.shape)}"
+        )
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"sinkhorn: epsilon must be a finite number > 0 (0.05 in the paper), got {type(epsilon).__name__}")
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"sinkhorn: epsilon must be a finite number > 0 (0.05 in the paper), got {epsilon!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
+        raise TypeError(f"sinkhorn: iterations must be an int >= 1 (10 in the paper), got {type(iterations).__name__}")
+    if iterations < 1:
+        raise ValueError(f"sinkhorn: iterations must be an int >= 1 (10 in the paper), got {iterations!r}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (scores.shape[0],):
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"sinkhorn: mask must be None or an (M,) = ({scores.shape[0]},) bool tensor, got {got}")
+        if mask.device != scores.device:
+            raise ValueError(f"sinkhorn: mask must be on the device of scores ({scores.device}), got {mask.device}")
+    if scores.device.type == "cpu" and not is_distributed():
+        finite = torch.isfinite(scores).all(dim=1)
+        if mask is not None:
+            finite = finite | ~mask
+        if not bool(finite.all()):
+            raise ValueError(
+                "sinkhorn: scores must be finite in every used row (cosine similarities in [-1, 1]); "
+                f"got inf/nan in {int((~finite).sum())} of {scores.shape[0]} rows"
+            )
 
 
 def _global_column_logsumexp(logits: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import distributed as dist
 from .backbones.base import BACKBONES, Backbone
 from .checkpoint import (
+    latest_checkpoint,
     load_checkpoint,
+    load_module_state,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
     resolve_checkpoint,
@@ -37,6 +39,7 @@ from .data.transforms import apply_views
 from .device import to_device
 from .ema import ema_momentum, ema_update_
 from .learner import Learner
+from .nonfinite import NonFiniteGuard
 from .objectives.base import Objective
 from .objectives.composite import build_objective
 from .optim import build_optimizer, build_scheduler, parameter_groups
@@ -83,6 +86,8 @@ class PostPretrainer:
         self.device = _resolve_device(self.config.train.device)
         dist.init_from_environment(self.device)
         torch.manual_seed(self.config.train.seed)
+        random.seed(self.config.train.seed)
+        np.random.seed(self.config.train.seed)
 
         backbone_module = backbone if isinstance(backbone, Backbone) else self._create_backbone()
         backbone_module.set_trainable(self.config.backbone.train_blocks)
@@ -110,6 +115,8 @@ class PostPretrainer:
         self.scheduler = None
         self.total_steps: int | None = None
         self.history: list[dict] = []
+        #: videos skipped because they could not be read: name -> reason
+        self.skipped_videos: dict[str, str] = {}
 
     # ---- public --------------------------------------------------------------------------
     @property
@@ -165,6 +172,7 @@ class PostPretrainer:
             data.flip_probability,
             train.seed,
             track_cache=self._open_track_cache(source),
+            skip_bad_videos=data.skip_bad_videos,
         )
         world = dist.world_size()
         if data.global_batch_size % world:
@@ -199,8 +207,10 @@ class PostPretrainer:
             num_workers=data.num_workers,
             collate_fn=collate_clips,
             pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # the loader's seed draw leaves the global RNG (resumed exactly) alone
         )
         progress = _Progress(enabled=train.progress and dist.is_main_process(), total=total, start=self.step)
+        guard = NonFiniteGuard(train.max_nonfinite_steps, out)
         window_start, window_clips = time.perf_counter(), 0
         with progress:
             for batch in loader:
@@ -208,6 +218,9 @@ class PostPretrainer:
                     break
                 metrics = self.train_step(batch)
                 self.step += 1
+                guard.push(self.step, metrics["nonfinite"])
+                for name, reason in batch.get("skipped", ()):
+                    self.skipped_videos.setdefault(name, reason)
                 epoch = (self.step - 1) // steps_per_epoch
                 window_clips += data.global_batch_size
                 last = self.step >= total
@@ -216,6 +229,7 @@ class PostPretrainer:
                     record = {"step": self.step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
                     record["lr_backbone"], record["lr_head"] = self._current_lrs()
                     record["clips_per_s"] = window_clips / max(elapsed, 1e-9)
+                    record["skipped_videos"] = len(self.skipped_videos)
                     self._log(record, out)
                     progress.update(self.step, record)
                     window_start, window_clips = time.perf_counter(), 0
@@ -225,7 +239,26 @@ class PostPretrainer:
                     callback(self, self.step, metrics)
                 if last:
                     break
+        guard.flush()
+        self._report_skipped_videos(out)
         return self
+
+    def _report_skipped_videos(self, out: Path | None) -> None:
+        """One summary of every video skipped by any process (rank 0 prints it and
+        writes ``skipped_videos.json`` into the run folder)."""
+        skipped: dict[str, str] = {}
+        for part in dist.all_gather_object(self.skipped_videos):
+            skipped.update(part)
+        self.skipped_videos = skipped
+        if not skipped or not dist.is_main_process():
+            return
+        lines = "\n".join(f"  {name}: {reason}" for name, reason in sorted(skipped.items())[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        where = ""
+        if out is not None:
+            (out / "skipped_videos.json").write_text(json.dumps(skipped, indent=1, sort_keys=True))
+            where = f" (all of them in {out / 'skipped_videos.json'})"
+        print(f"mosic: {len(skipped)} unreadable videos were skipped{where}:\n{lines}{more}", flush=True)
 
     @property
     def tracker(self) -> Tracker:
@@ -296,11 +329,20 @@ class PostPretrainer:
             out.loss.backward()
         else:
             out = self._accumulated_backward(student_images, token_mask, view_images, teacher_tokens, score_args)
-        if self.config.optim.grad_clip is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            out.metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
-        self.optimizer.step()
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        clip = self.config.optim.grad_clip
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            if clip is not None
+            else torch.nn.utils.get_total_norm([p.grad for p in params])
+        )
+        # the same decision on every process: the loss metric and the gradients are global
+        nonfinite = ~(torch.isfinite(out.metrics["loss"]) & torch.isfinite(grad_norm))
+        out.metrics["grad_norm"], out.metrics["nonfinite"] = grad_norm.detach(), nonfinite.float()
+        stepped = self._guarded_optimizer_step(nonfinite)
         self.scheduler.step()
+        if stepped is False:  # known skipped: the teacher and the prototypes stay as they are
+            return out.metrics
         if self.teacher_learner is not self.learner:
             t = self.config.train
             m = ema_momentum(t.ema_momentum, self.step, self.total_steps or 1, t.ema_schedule)
@@ -308,6 +350,27 @@ class PostPretrainer:
             self.teacher_learner.objective.after_optimizer_step()
         self.learner.objective.after_optimizer_step()
         return out.metrics
+
+    def _guarded_optimizer_step(self, nonfinite: torch.Tensor) -> bool | None:
+        """The optimizer step, skipped when the loss or a gradient is not finite.
+
+        Fused AdamW (CUDA) skips on the device (its ``found_inf`` input, as under AMP's
+        grad scaler), so the host never waits; it returns None (not known on the host),
+        and the EMA then moves the teacher toward the unchanged student. Other
+        optimizers read the flag on the host and return whether they stepped.
+        """
+        fused = self.optimizer.defaults.get("fused") and not hasattr(self.optimizer, "consolidate_state_dict")
+        if fused:
+            self.optimizer.found_inf = nonfinite.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+            return None
+        if bool(nonfinite):
+            return False
+        self.optimizer.step()
+        return True
 
     def _accumulated_backward(self, student_images, token_mask, view_images, teacher_tokens, score_args):
         """Gradient accumulation that equals the whole-batch step (GradCache).
@@ -389,9 +452,7 @@ class PostPretrainer:
             return resolve_checkpoint(resume)
         if out is None:
             raise ValueError("resume=True needs out_dir (or pass the checkpoint path as resume=...)")
-        if not (out / "checkpoints" / "latest").is_file():
-            return None
-        return resolve_checkpoint(out)
+        return latest_checkpoint(out)
 
     @classmethod
     def load(cls, path: str | Path, **components: Any) -> "PostPretrainer":
@@ -403,9 +464,8 @@ class PostPretrainer:
         """
         path = resolve_checkpoint(path)
         _, _, config_yaml = load_checkpoint(path)
-        import yaml
 
-        config = RunConfig.from_dict(yaml.safe_load(config_yaml)).with_overrides({"backbone.pretrained": False})
+        config = RunConfig.from_yaml(config_yaml, f"{path}/config.yaml").with_overrides({"backbone.pretrained": False})
         trainer = cls(config=config, **components)
         trainer._restore(path, with_optimizer=False)
         return trainer
@@ -620,10 +680,7 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _load_prefixed(module: torch.nn.Module, tensors: dict, prefix: str, source: Path) -> None:
-    from .backbones.weights import load_state_dict_strict
-
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    load_state_dict_strict(module, state, f"{source} ({prefix.rstrip('.')})")
+    load_module_state(module, tensors, prefix, source)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:

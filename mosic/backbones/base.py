@@ -76,9 +76,15 @@ class Backbone(nn.Module, ABC):
         """uint8 RGB (..., 3, H, W) -> float normalised with this backbone's mean/std."""
         if frames.dtype != torch.uint8:
             raise ValueError(f"preprocess expects uint8 frames, got {frames.dtype}")
-        mean = torch.tensor(self.mean, device=frames.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=frames.device).view(3, 1, 1)
+        mean, std = self._normalisation(frames.device)
         return (frames.float().div_(255.0) - mean) / std
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, 1, 1) mean and std on ``device``, copied there once (no copy, no sync per call)."""
+        cache = self.__dict__.setdefault("_normalisation_cache", {})
+        if device not in cache:
+            cache[device] = tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device) for v in (self.mean, self.std))
+        return cache[device]
 
     def set_trainable(self, train_blocks: TrainBlocks) -> None:
         """Train the last ``train_blocks`` blocks and the final norm, or ``"all"``."""
@@ -101,8 +107,11 @@ class Backbone(nn.Module, ABC):
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
     def check_images(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(
+                f"images must be (B, 3, H, W) float, normalised with preprocess(); got {images.dtype} "
+                f"{tuple(images.shape)}" + (": call backbone.preprocess(frames) first" if not images.is_floating_point() else "")
+            )
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(

@@ -300,8 +300,13 @@ def load_backbone_weights(
     spec = getattr(backbone, "spec", None)
     if spec is None:
         raise ValueError(f"{type(backbone).__name__} has no .spec; cannot convert weights for it")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"load_backbone_weights: prefix must be None or a str such as 'teacher.backbone.', got {prefix!r}")
     if isinstance(path_or_state, Mapping):
         state, source = dict(path_or_state), "the given state dict"
+        wrong = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)][:5]
+        if wrong:
+            raise ValueError(f"load_backbone_weights: a state dict must map str names to tensors; not so for {wrong}")
     else:
         state, source = read_state_dict(path_or_state), str(path_or_state)
     fmt, found_prefix = detect_format(state, prefix)

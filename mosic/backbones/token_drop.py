@@ -21,6 +21,9 @@ def kept_indices(
             f"token_mask must be a bool tensor of shape (B, h, w) = {(b, h, w)}, "
             f"got {token_mask.dtype} {tuple(token_mask.shape)}"
         )
+    if b == 0:
+        keep = torch.zeros(0, h * w, dtype=torch.long)
+        return keep if device is None else keep.to(device)
     kept = ~token_mask.reshape(b, h * w)
     counts = kept.sum(1)
     if not bool((counts == counts[0]).all()):

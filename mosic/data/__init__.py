@@ -1,6 +1,7 @@
 """Video sources (files, frame folders, synthetic), training clips and view transforms."""
 
-from .clips import ClipDataset, ClipMeta, ClipTooShortError, collate_clips
+from .check import check_videos
+from .clips import BadVideoWarning, ClipDataset, ClipMeta, ClipTooShortError, NoUsableVideosError, collate_clips
 from .image_segmentation import ADE20K, COCOStuff, DatasetLayoutError, MaskValueError, PascalVOC
 from .readers import ConcatSource, FrameFolderSource, VideoFileSource, VideoReadError, open_videos
 from .source import GroundTruth, VideoSource
@@ -10,6 +11,7 @@ from .video_segmentation import DAVIS, MissingAnnotationError, YouTubeVOS
 
 __all__ = [
     "ADE20K",
+    "BadVideoWarning",
     "COCOStuff",
     "ClipDataset",
     "ClipMeta",
@@ -21,6 +23,7 @@ __all__ = [
     "GroundTruth",
     "MaskValueError",
     "MissingAnnotationError",
+    "NoUsableVideosError",
     "PascalVOC",
     "SyntheticVideos",
     "VideoFileSource",
@@ -28,6 +31,7 @@ __all__ = [
     "VideoSource",
     "ViewTransform",
     "YouTubeVOS",
+    "check_videos",
     "collate_clips",
     "open_videos",
     "random_resized_crop",

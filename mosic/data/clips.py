@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -9,12 +10,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .readers import VideoReadError
 from .source import GroundTruth, VideoSource
 from .transforms import ViewTransform, random_resized_crop
 
 
 class ClipTooShortError(ValueError):
     """The video has fewer frames than a clip needs."""
+
+
+class NoUsableVideosError(RuntimeError):
+    """Not one video of the dataset gives a training clip (all unreadable or too short)."""
+
+
+class BadVideoWarning(UserWarning):
+    """A video was skipped during training (issued once per video per process)."""
 
 
 @dataclass
@@ -69,9 +79,21 @@ class ClipDataset(Dataset):
     :meth:`set_epoch`) is a deterministic function of (seed, e, i): the same clip and
     view whatever the worker count, process count or resume point.
 
-    Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta}``. With a
-    ``track_cache`` (:class:`mosic.trackers.cache.TrackCache`) clips start at the cached
-    starts and the dict also holds ``"tracks"``: the cached tracks mapped into the view.
+    Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta, "skipped": [...]}``.
+    With a ``track_cache`` (:class:`mosic.trackers.cache.TrackCache`) clips start at the
+    cached starts and the dict also holds ``"tracks"``: the cached tracks mapped into the view.
+
+    Bad videos: with ``skip_bad_videos`` (the default) a video that cannot be read
+    (:class:`~mosic.data.readers.VideoReadError`) or is shorter than a clip
+    (:class:`ClipTooShortError`) is replaced by the next video, index + 1, + 2, ... (mod the
+    number of videos), whose clip is drawn from a seed of the original key, so a key gives
+    the same sample in every process and on resume, and batches keep their size.
+    ``sample["skipped"]`` lists ``(video name, reason)`` of the videos passed over (empty
+    normally); each bad video is reported once per process with a :class:`BadVideoWarning`.
+    Videos that cannot be opened or are too short are remembered and passed over without
+    another try; a video that failed on one clip is tried again for other clips (a clip
+    elsewhere in it may read fine, and the outcome of a key must not depend on the process
+    that read it). When no video gives a clip, :class:`NoUsableVideosError`.
     """
 
     def __init__(
@@ -84,6 +106,7 @@ class ClipDataset(Dataset):
         flip_probability: float = 0.0,
         seed: int = 0,
         track_cache: Any = None,
+        skip_bad_videos: bool = True,
     ):
         if len(source) == 0:
             raise ValueError("the video source is empty")
@@ -95,7 +118,10 @@ class ClipDataset(Dataset):
         self.flip_probability = flip_probability
         self.seed = seed
         self.track_cache = track_cache
+        self.skip_bad_videos = skip_bad_videos
         self.epoch = 0
+        self._unusable: dict[int, str] = {}  # video index -> reason; never usable, in this process
+        self._warned: set[int] = set()  # videos this process has warned about
 
     def __len__(self) -> int:
         return len(self.source)
@@ -103,12 +129,70 @@ class ClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def sample_seed(self, epoch: int, index: int) -> int:
-        return int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+    def sample_seed(self, epoch: int, index: int, attempt: int = 0) -> int:
+        """Seed of item (epoch, index); ``attempt`` k >= 1 is the seed of its k-th substitute."""
+        entropy = [self.seed, epoch, index] + ([attempt] if attempt else [])
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        seed = self.sample_seed(epoch, index)
+        if not self.skip_bad_videos:
+            sample = self._clip(index, self.sample_seed(epoch, index))
+            sample["skipped"] = []
+            return sample
+        skipped: list[tuple[str, str]] = []
+        count = len(self.source)
+        for attempt in range(count):
+            candidate = (index + attempt) % count
+            reason = self._unusable.get(candidate) or self._never_usable(candidate)
+            if reason is None:
+                try:
+                    sample = self._clip(candidate, self.sample_seed(epoch, index, attempt))
+                except (VideoReadError, ClipTooShortError) as error:
+                    reason = getattr(error, "reason", str(error))  # another clip of it may read: no memo
+                    self._warn(candidate, reason, getattr(error, "path", None))
+                else:
+                    sample["skipped"] = skipped
+                    return sample
+            skipped.append((self.source.video_name(candidate), reason))
+        shown = "\n".join(f"  {name}: {reason}" for name, reason in skipped[:5])
+        more = f"\n  ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise NoUsableVideosError(
+            f"none of the {count} videos gives a training clip of {self.num_frames} frames:\n{shown}{more}\n"
+            "`mosic check-data VIDEOS` lists every video and why it is unusable"
+        )
+
+    def _never_usable(self, index: int) -> str | None:
+        """Why video ``index`` can give no clip at all (it cannot be opened, or is shorter than a
+        clip), remembered and warned about once; None when it may."""
+        try:
+            available = self.source.num_frames(index)
+        except VideoReadError as error:
+            reason, where = error.reason, error.path
+        else:
+            if available >= self.num_frames:
+                return None
+            plural = "s" * (available != 1)
+            reason, where = f"too short: {available} frame{plural}, a clip needs {self.num_frames}", None
+        self._unusable[index] = reason
+        self._warn(index, reason, where)
+        return reason
+
+    def _warn(self, index: int, reason: str, where: str | None = None) -> None:
+        if index in self._warned:
+            return
+        self._warned.add(index)
+        name = self.source.video_name(index)
+        if where and where != name:
+            name = f"{name} ({where})"
+        warnings.warn(
+            f"skipping video {name}: {reason}; another video's clip takes its place "
+            "(`mosic check-data` lists every bad video)",
+            BadVideoWarning,
+        )
+
+    def _clip(self, index: int, seed: int) -> dict[str, Any]:
+        """The sample of video ``index`` drawn with ``seed``."""
         rng = np.random.default_rng(seed)
         name = self.source.video_name(index)
         cache = self.track_cache
@@ -132,10 +216,15 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack frames to (B, T, 3, H, W) (and cached tracks to a batch); keep metadata as a list."""
+    """Stack frames to (B, T, 3, H, W) (and cached tracks to a batch); keep metadata as a list.
+
+    ``batch["skipped"]`` concatenates the samples' ``(video name, reason)`` lists of bad videos
+    passed over (see :class:`ClipDataset`).
+    """
     batch = {
         "frames": torch.stack([s["frames"] for s in samples]),
         "meta": [s["meta"] for s in samples],
+        "skipped": [item for s in samples for item in s.get("skipped", ())],
     }
     if "tracks" in samples[0]:
         from ..trackers.base import Tracks

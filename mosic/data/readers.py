@@ -75,6 +75,119 @@ def _short_error(error: Exception) -> str:
     return re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", line).strip()
 
 
+# ----------------------------------------------------------------------------- diagnosis
+
+#: (test on the first bytes, container name) of the formats FFmpeg reads video from
+_CONTAINER_SIGNATURES = (
+    (lambda h: h[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"), "MP4/MOV"),
+    (lambda h: h.startswith(b"\x1a\x45\xdf\xa3"), "Matroska/WebM"),
+    (lambda h: h.startswith(b"RIFF") and h[8:12] == b"AVI ", "AVI"),
+    (lambda h: h.startswith(b"OggS"), "Ogg"),
+    (lambda h: h.startswith(b"FLV"), "FLV"),
+    (lambda h: h.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")), "MPEG program stream"),
+    (lambda h: len(h) > 188 and h[0] == 0x47 and h[188] == 0x47, "MPEG transport stream"),
+    (lambda h: h.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"), "ASF/WMV"),
+    (lambda h: h.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01")), "raw H.264/HEVC stream"),
+)
+_OTHER_SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"ID3", "an MP3 audio file"),
+    (b"fLaC", "a FLAC audio file"),
+)
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    """A few words on what a non-video file seems to be, from its first bytes."""
+    for magic, what in _OTHER_SIGNATURES:
+        if head.startswith(magic):
+            return what
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML/XML page, often a failed download"
+    try:
+        head.decode("utf-8")
+        return "it looks like text"
+    except UnicodeDecodeError as error:
+        if error.start >= len(head) - 4 and error.start > 0:  # a character cut by the 512-byte window
+            return "it looks like text"
+    return "no known video container signature"
+
+
+def _mp4_layout_problem(path: str, size: int) -> str | None:
+    """Why an MP4/MOV file cannot be parsed, from its top-level boxes; None when they look fine."""
+    boxes, offset = set(), 0
+    try:
+        with open(path, "rb") as f:
+            while offset + 8 <= size:
+                f.seek(offset)
+                header = f.read(16)
+                box_size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+                if box_size == 1 and len(header) == 16:
+                    box_size = int.from_bytes(header[8:16], "big")
+                elif box_size == 0:  # the box runs to the end of the file
+                    box_size = size - offset
+                if box_size < 8:
+                    return f"its box structure is broken at byte {offset}"
+                boxes.add(kind)
+                if offset + box_size > size:
+                    missing = "" if "moov" in boxes else "; its index ('moov' box) is missing"
+                    return f"the file ends inside its '{kind}' box, at byte {size} of {offset + box_size}{missing}"
+                offset += box_size
+    except OSError:
+        return None
+    return None if "moov" in boxes else "its index ('moov' box) is missing"
+
+
+def _diagnose(path: str, detail: str) -> str:
+    """A reason a user understands for a file a decoder could not open.
+
+    Distinguishes empty files, files that are not videos at all (text, HTML error pages,
+    images) and damaged videos ("truncated or corrupt: ..."); ``detail`` is the decoder's
+    own message, appended for damaged videos.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError:
+        return "the file does not exist (any more)"
+    except PermissionError:
+        return "permission denied"
+    except OSError as error:
+        return f"the file cannot be read ({error.strerror or error})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    container = next((name for test, name in _CONTAINER_SIGNATURES if test(head)), None)
+    if container is None:
+        return f"not a video file ({_what_it_looks_like(head)})"
+    problem = _mp4_layout_problem(path, size) if container == "MP4/MOV" else None
+    detail = f" ({detail})" if detail else ""
+    if problem is not None:
+        return f"truncated or corrupt: {problem}{detail}"
+    return f"truncated or corrupt: {container} data that the decoder cannot open{detail}"
+
+
+def _ffmpeg_detail(error: Exception) -> str:
+    """FFmpeg's message without the errno and the file name PyAV adds."""
+    detail = getattr(error, "strerror", None)
+    return str(detail) if detail else _short_error(error)
+
+
+def _decord_detail(error: Exception) -> str:
+    """decord's message without its ``Check failed: expr (a vs. b)`` and ``Error reading path`` noise."""
+    line = _short_error(error)
+    checked = re.search(r"\(-?\d+ vs\. -?\d+\)\s*(.*)$", line)
+    if line.startswith("Check failed") and checked:
+        line = checked.group(1)
+    line = re.sub(r"^(Thread worker: |ERROR |Error: )", "", line).strip().rstrip(".")
+    return "" if line.startswith("Error reading ") else line
+
+
 # ----------------------------------------------------------------------------- backends
 
 
@@ -88,16 +201,35 @@ class DecordBackend:
     name = "decord"
 
     def __init__(self) -> None:
-        import decord  # noqa: F401  (fails early when decord is missing)
+        self._quiet()  # fails early when decord is missing
+
+    @staticmethod
+    def _quiet() -> None:
+        """Silence decord's FFmpeg, which prints lines of its own for every broken file ("moov
+        atom not found", ...): what went wrong reaches the user once, as a VideoReadError."""
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+
+    def __getstate__(self) -> dict:
+        return {"quiet": True}
+
+    def __setstate__(self, state: dict) -> None:  # in a spawned DataLoader worker
+        self._quiet()
 
     @staticmethod
     def _open(path: str):
         import decord
 
+        if os.path.isfile(path) and os.path.getsize(path) == 0:  # decord would print an error line of its own
+            raise VideoReadError(path, "empty file (0 bytes)")
         try:
             return decord.VideoReader(path, ctx=decord.cpu(0))
-        except (decord.DECORDError, RuntimeError) as error:
-            raise VideoReadError(path, _short_error(error)) from error
+        except (decord.DECORDError, RuntimeError, OSError) as error:
+            detail = _decord_detail(error)
+            if "cannot find video stream" in detail:
+                raise VideoReadError(path, "it has no video stream") from error
+            raise VideoReadError(path, _diagnose(path, detail)) from error
 
     def probe(self, path: str) -> tuple[int, float | None]:
         """(number of frames, fps or None)."""
@@ -107,17 +239,31 @@ class DecordBackend:
 
     def read(self, path: str, indices: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB frames at sorted unique in-range ``indices`` (T,)."""
+        return self._get_batch(self._open(path), path, indices)
+
+    @staticmethod
+    def _get_batch(reader, path: str, indices: np.ndarray) -> np.ndarray:
         import decord
 
-        reader = self._open(path)
         try:
             batch = reader.get_batch(indices.tolist())
         except (decord.DECORDError, RuntimeError) as error:
+            frames = f"frame {indices[0]}" if len(indices) == 1 else f"{len(indices)} frames in {indices[0]}..{indices[-1]}"
             raise VideoReadError(
-                path, f"decord failed to decode frames: {_short_error(error)}; backend='pyav' may read it"
+                path,
+                f"truncated or corrupt: decord failed to decode {frames} ({_decord_detail(error)}); "
+                "backend='pyav' may read it",
             ) from error
         # A global decord.bridge.set_bridge("torch") makes get_batch return tensors.
         return batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+
+    def verify(self, path: str, chunk: int = 16) -> int:
+        """Decode every frame (slow); the number of frames. Raises :class:`VideoReadError`."""
+        reader = self._open(path)
+        count = len(reader)
+        for start in range(0, count, chunk):
+            self._get_batch(reader, path, np.arange(start, min(count, start + chunk)))
+        return count
 
 
 @dataclass(frozen=True)
@@ -177,41 +323,61 @@ class PyAVBackend:
 
         try:
             container = av.open(path, metadata_errors="ignore")
-        except FileNotFoundError:
-            raise
-        except (av.FFmpegError, UnicodeDecodeError) as error:
-            raise VideoReadError(path, _short_error(error)) from error
+        except (av.FFmpegError, UnicodeDecodeError, OSError) as error:
+            raise VideoReadError(path, _diagnose(path, _ffmpeg_detail(error))) from error
         try:
             if not container.streams.video:
                 raise VideoReadError(path, "it has no video stream")
             yield container, container.streams.video[0]
         except av.FFmpegError as error:
-            raise VideoReadError(path, f"decoding failed: {_short_error(error)}") from error
+            raise VideoReadError(path, f"truncated or corrupt: decoding failed ({_ffmpeg_detail(error)})") from error
         finally:
             container.close()
 
     @staticmethod
-    def _demux(container, stream) -> _PacketIndex | None:
-        """The stream's packet index, or None when timestamps are missing or repeated."""
-        pts, seek_ts, key = [], [], []
+    def _frames(path: str, container, stream, expected: int | None = None) -> Iterator[object]:
+        """The stream's frames in decode order; a decoding error becomes :class:`VideoReadError`
+        saying where decoding stopped (of ``expected`` frames, when known)."""
+        import av
+
+        position = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame
+                position += 1
+        except av.FFmpegError as error:
+            of = f" of {expected}" if expected else ""
+            raise VideoReadError(
+                path, f"truncated or corrupt: decoding stopped at frame {position}{of} ({_ffmpeg_detail(error)})"
+            ) from error
+
+    @staticmethod
+    def _demux(container, stream) -> tuple[_PacketIndex | None, int]:
+        """(the stream's packet index, or None when timestamps are missing or repeated; the
+        number of packets the file holds, frames to be discarded included)."""
+        pts, seek_ts, key, packets, usable = [], [], [], 0, True
         for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # the flush packet demuxing ends with
+            packets += 1
+            if not usable or packet.size == 0 or packet.is_discard:
                 continue
             if packet.pts is None:
-                return None
+                usable = False
+                continue
             pts.append(packet.pts)
             seek_ts.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
             key.append(packet.is_keyframe)
         order = np.argsort(np.asarray(pts, np.int64), kind="stable")
         sorted_pts = np.asarray(pts, np.int64)[order]
-        if (np.diff(sorted_pts) == 0).any():
-            return None
+        if not usable or (np.diff(sorted_pts) == 0).any():
+            return None, packets
         keyframes = np.union1d([0], np.flatnonzero(np.asarray(key, bool)[order])).astype(np.int64)
-        return _PacketIndex(sorted_pts, np.asarray(seek_ts, np.int64)[order], keyframes)
+        return _PacketIndex(sorted_pts, np.asarray(seek_ts, np.int64)[order], keyframes), packets
 
-    def _count_decoded(self, path: str) -> int:
+    def _count_decoded(self, path: str, expected: int | None = None) -> int:
         with self._container(path) as (container, stream):
-            return sum(1 for _ in container.decode(stream))
+            return sum(1 for _ in self._frames(path, container, stream, expected))
 
     def _remember(self, path: str, index: _PacketIndex) -> None:
         self._indexes[path] = index
@@ -220,16 +386,26 @@ class PyAVBackend:
             self._indexes.popitem(last=False)
 
     def probe(self, path: str) -> tuple[int, float | None]:
-        """(number of frames, fps or None); verified by decoding when the metadata disagree."""
+        """(number of frames, fps or None); verified by decoding when the metadata disagree.
+
+        An MP4/MOV file whose sample table lists more frames than the file holds was cut
+        off (an interrupted download or recording): :class:`VideoReadError`.
+        """
         with self._container(path) as (container, stream):
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
             header_count = stream.frames
-            index = self._demux(container, stream)
+            index, packets = self._demux(container, stream)
+            mp4 = any(name in container.format.name.split(",") for name in ("mov", "mp4"))
         if index is not None and header_count in (0, len(index.pts)):
             self._remember(path, index)
             return len(index.pts), fps
-        count = self._count_decoded(path)
+        expected = header_count or (len(index.pts) if index is not None else None)
+        count = self._count_decoded(path, expected)
+        if mp4 and packets < header_count:
+            raise VideoReadError(
+                path, f"truncated or corrupt: decoding stopped at frame {count} of {header_count} (the file is cut off)"
+            )
         if index is not None and count == len(index.pts):
             self._remember(path, index)
         else:
@@ -242,7 +418,7 @@ class PyAVBackend:
             index = self._indexes.get(path)
             if index is None:
                 with self._container(path) as (container, stream):
-                    index = self._demux(container, stream)
+                    index, _ = self._demux(container, stream)
             if index is not None:
                 self._remember(path, index)
                 frames = self._read_seeking(path, index, indices)
@@ -287,16 +463,28 @@ class PyAVBackend:
 
     def _read_sequential(self, path: str, indices: np.ndarray) -> np.ndarray:
         """Frames by decoding from the start and counting."""
-        frames, wanted = [], iter(indices.tolist())
+        frames, wanted, position = [], iter(indices.tolist()), -1
         target = next(wanted)
         with self._container(path) as (container, stream):
-            for position, frame in enumerate(container.decode(stream)):
+            for position, frame in enumerate(self._frames(path, container, stream, stream.frames or None)):
                 if position == target:
                     frames.append(_rgb(frame, stream))
                     target = next(wanted, None)
                     if target is None:
                         return np.stack(frames)
-        raise VideoReadError(path, f"frame {target} was requested but fewer frames could be decoded")
+        raise VideoReadError(
+            path, f"truncated or corrupt: frame {target} was requested but only {position + 1} frames decode"
+        )
+
+    def verify(self, path: str) -> int:
+        """Decode every frame (slow); the number of frames. Raises :class:`VideoReadError`."""
+        with self._container(path) as (container, stream):
+            expected = stream.frames or None
+            count = 0
+            for frame in self._frames(path, container, stream, expected):
+                _rgb(frame, stream)
+                count += 1
+        return count
 
 
 def _rgb(frame, stream) -> np.ndarray:
@@ -333,7 +521,13 @@ class VideoFileSource:
         paths: the video files; ``video_name`` is the path as given.
         backend: "decord", "pyav" or "auto" (decord when importable, else PyAV; AVI
             files always go to PyAV under "auto", because decord 0.6 returns wrong
-            frames on random access into AVIs with B-frames).
+            frames on random access into AVIs with B-frames; a file decord cannot open or
+            decode is given to PyAV, whose error, if it fails too, is the one raised).
+
+    Files that cannot be opened or decoded raise :class:`VideoReadError` with a reason
+    ("empty file (0 bytes)", "not a video file (...)", "truncated or corrupt: ...", "it has
+    no video stream"); whatever the pixel format (gray, RGBA, 10/16-bit, ...), frames come
+    back as 8-bit RGB.
     """
 
     def __init__(self, paths: Iterable[PathLike], backend: str = "auto"):
@@ -346,14 +540,26 @@ class VideoFileSource:
             raise FileNotFoundError(f"video file does not exist: {missing[0]}{more}")
         self.backend = make_backend(backend)
         self._avi_backend = PyAVBackend() if backend == "auto" else self.backend
+        auto_decord = backend == "auto" and self.backend.name == "decord"
+        self._fallback = self._avi_backend if auto_decord else None
         self._info: list[tuple[int, float | None] | None] = [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _call(self, index: int, method: str, *args):
+        """``backend.method(path, *args)``, retried with PyAV when decord fails under "auto"."""
+        backend = self._backend_for(index)
+        try:
+            return getattr(backend, method)(self.paths[index], *args)
+        except VideoReadError:
+            if self._fallback is None or backend is self._fallback:
+                raise
+        return getattr(self._fallback, method)(self.paths[index], *args)
+
     def _probe(self, index: int) -> tuple[int, float | None]:
         if self._info[index] is None:
-            count, fps = self._backend_for(index).probe(self.paths[index])
+            count, fps = self._call(index, "probe")
             if count <= 0:
                 raise VideoReadError(self.paths[index], "it contains no video frames")
             self._info[index] = (count, fps)
@@ -372,7 +578,16 @@ class VideoFileSource:
         """(T, H, W, 3) uint8 RGB frames at ``frame_indices`` (any order, repeats allowed)."""
         idx = _check_indices(frame_indices, self.num_frames(index), self.paths[index])
         unique, inverse = np.unique(idx, return_inverse=True)
-        return self._backend_for(index).read(self.paths[index], unique)[inverse]
+        return self._call(index, "read", unique)[inverse]
+
+    def verify(self, index: int) -> int:
+        """Decode every frame of video ``index`` (slow: ``mosic check-data --full``); its frame
+        count. Raises :class:`VideoReadError` when any frame fails."""
+        expected = self.num_frames(index)
+        count = self._call(index, "verify")
+        if count < expected:
+            raise VideoReadError(self.paths[index], f"truncated or corrupt: only {count} of {expected} frames decode")
+        return count
 
     def _backend_for(self, index: int) -> DecordBackend | PyAVBackend:
         return self._avi_backend if self.paths[index].lower().endswith(".avi") else self.backend
@@ -400,6 +615,12 @@ def _is_image(entry: os.DirEntry) -> bool:
 class FrameFolderSource:
     """Videos stored as folders of JPEG/PNG frames in natural filename order (00000.jpg, ...).
 
+    Frames of any mode come back as 8-bit RGB: gray (L, LA, 1) is repeated into three equal
+    channels, alpha is dropped (not composited), palette and CMYK are converted, and 16-bit
+    frames (I;16 gray, 48-bit RGB) are scaled from 0..65535 to 0..255. An empty or unreadable
+    folder, or a frame that cannot be decoded or whose size differs from the others, raises
+    :class:`VideoReadError`.
+
     Args:
         dirs: one folder per video; ``video_name`` is the folder's name (the dataset's video id).
     """
@@ -418,9 +639,13 @@ class FrameFolderSource:
 
     def _frame_files(self, index: int) -> list[str]:
         if self._frames[index] is None:
-            names = _image_files(self.dirs[index])
+            folder = self.dirs[index]
+            try:
+                names = _image_files(folder)
+            except OSError as error:
+                raise VideoReadError(folder, f"the frame folder cannot be listed ({_os_error(error)})") from error
             if not names:
-                raise ValueError(f"frame folder {self.dirs[index]} contains no .jpg/.jpeg/.png frames")
+                raise VideoReadError(folder, "the frame folder holds no .jpg/.jpeg/.png frames")
             self._frames[index] = names
         return self._frames[index]
 
@@ -435,28 +660,69 @@ class FrameFolderSource:
 
     def read_frames(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB frames at ``frame_indices`` (any order, repeats allowed)."""
-        from PIL import Image
-
         names = self._frame_files(index)
         idx = _check_indices(frame_indices, len(names), self.dirs[index])
         unique, inverse = np.unique(idx, return_inverse=True)
         frames = []
         for k in unique:
-            path = os.path.join(self.dirs[index], names[k])
-            try:
-                with Image.open(path) as image:
-                    frames.append(np.asarray(image.convert("RGB")))
-            except OSError as error:
-                raise VideoReadError(path, _short_error(error)) from error
+            frames.append(_read_image(os.path.join(self.dirs[index], names[k])))
             if frames[-1].shape != frames[0].shape:
-                raise ValueError(
-                    f"frame {path} is {frames[-1].shape[1]}x{frames[-1].shape[0]} but earlier frames of "
-                    f"{self.dirs[index]} are {frames[0].shape[1]}x{frames[0].shape[0]} (W x H)"
+                raise VideoReadError(
+                    os.path.join(self.dirs[index], names[k]),
+                    f"frame {names[k]} is {frames[-1].shape[1]}x{frames[-1].shape[0]} but frame "
+                    f"{names[unique[0]]} of the same folder is {frames[0].shape[1]}x{frames[0].shape[0]} (W x H)",
                 )
         return np.stack(frames)[inverse]
 
+    def verify(self, index: int) -> int:
+        """Decode every frame of video ``index``; its frame count. Raises :class:`VideoReadError`."""
+        count = self.num_frames(index)
+        for start in range(0, count, 16):
+            self.read_frames(index, range(start, min(count, start + 16)))
+        return count
+
     def ground_truth(self, index: int) -> GroundTruth | None:
         return None
+
+
+def _os_error(error: OSError) -> str:
+    """"permission denied", "input/output error", ...: an OS error without errno and path."""
+    return error.strerror.lower() if error.strerror else _short_error(error)
+
+
+def _read_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a JPEG/PNG frame of any mode; :class:`VideoReadError` when unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = os.path.basename(path)
+    try:
+        with Image.open(path) as image:
+            return _image_rgb(image)
+    except UnidentifiedImageError as error:
+        raise VideoReadError(path, f"frame {name} is not a readable image ({_what_it_looks_like(_head(path))})") from error
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        if isinstance(error, OSError) and error.errno:  # permission denied, I/O error, ...
+            raise VideoReadError(path, f"frame {name} cannot be read ({_os_error(error)})") from error
+        raise VideoReadError(path, f"frame {name} is truncated or corrupt ({_short_error(error)})") from error
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(512)
+    except OSError:
+        return b""
+
+
+def _image_rgb(image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PIL image; 16-bit gray is scaled to 8 bits (``convert`` would clip)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # "I": 16-bit PNG gray in older Pillow
+        wide = np.asarray(image).astype(np.uint32)
+        gray = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # L/LA/1 -> equal channels, RGBA/LA -> alpha dropped, P/CMYK/YCbCr
+    return np.asarray(image)
 
 
 class ConcatSource:
@@ -496,9 +762,26 @@ class ConcatSource:
         source, i = self._locate(index)
         return source.read_frames(i, frame_indices)
 
+    def verify(self, index: int) -> int:
+        """Decode every frame of video ``index`` (see :func:`verify_video`)."""
+        source, i = self._locate(index)
+        return verify_video(source, i)
+
     def ground_truth(self, index: int) -> GroundTruth | None:
         source, i = self._locate(index)
         return source.ground_truth(i)
+
+
+def verify_video(source: VideoSource, index: int, chunk: int = 16) -> int:
+    """Decode every frame of video ``index`` of any source (its ``verify`` method when it has
+    one, else reads in chunks); the number of frames. Raises what reading raises."""
+    verify = getattr(source, "verify", None)
+    if callable(verify):
+        return verify(index)
+    count = source.num_frames(index)
+    for start in range(0, count, chunk):
+        source.read_frames(index, range(start, min(count, start + chunk)))
+    return count
 
 
 # ----------------------------------------------------------------------------- open_videos

@@ -4,6 +4,12 @@ A source is an indexable collection of videos. Frames come back as (T, H, W, 3) 
 RGB numpy arrays. Sources with ground truth (synthetic videos) also return a
 :class:`GroundTruth` per video. Coordinates are (x, y) pixels of the source frames
 (see :mod:`mosic.trackers.base`).
+
+A video that cannot be read makes ``num_frames`` or ``read_frames`` raise
+:class:`mosic.data.readers.VideoReadError` (its ``path`` and a ``reason`` a user
+understands); training skips such videos (:class:`mosic.data.clips.ClipDataset`). A source
+may also have ``verify(index) -> int``, decoding every frame of a video (``mosic check-data
+--full``); :func:`mosic.data.readers.verify_video` falls back to chunked ``read_frames``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ class VideoSource(Protocol):
         ...
 
     def read_frames(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
-        """(T, H, W, 3) uint8 RGB frames at ``frame_indices``."""
+        """(T, H, W, 3) uint8 RGB frames at ``frame_indices``; VideoReadError for a bad video."""
         ...
 
     def ground_truth(self, index: int) -> GroundTruth | None:

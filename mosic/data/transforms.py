@@ -32,6 +32,14 @@ class ViewTransform:
     out_size: tuple[int, int]
     flip: bool = False
 
+    def __post_init__(self) -> None:
+        out_h, out_w = self.out_size
+        if self.width <= 0 or self.height <= 0 or out_h <= 0 or out_w <= 0:
+            raise ValueError(
+                f"ViewTransform: the crop box ({self.width} x {self.height}) and out_size {self.out_size} "
+                "must have positive sides"
+            )
+
     @staticmethod
     def identity(height: int, width: int) -> "ViewTransform":
         return ViewTransform(0, 0, width, height, (height, width))

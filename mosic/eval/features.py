@@ -10,6 +10,7 @@ built backbone, a registered name (``"dinov2-s14"``), a mosic run or checkpoint 
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,18 +50,31 @@ def dense_features(
     Returns:
         (N, h, w, D) tokens on the CPU in ``dtype``.
     """
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"dense_features: backbone must be a mosic Backbone (see resolve_backbone), got {type(backbone).__name__}")
     if not isinstance(images, (np.ndarray, torch.Tensor)):
-        images = np.stack(list(images))
+        try:
+            images = np.stack(list(images))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"dense_features: images must be (N, H, W, 3) uint8 RGB, or a sequence of (H, W, 3) arrays of one size ({exc})"
+            ) from None
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(f"images must be (N, H, W, 3) uint8 RGB, got {tuple(x.shape)} {x.dtype}")
+        raise ValueError(f"dense_features: images must be (N, H, W, 3) uint8 RGB, got {tuple(x.shape)} {x.dtype}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"dense_features: batch_size must be an int >= 1, got {batch_size!r}")
     p = backbone.patch_size
     if size is None:
         out_hw = (x.shape[1] // p * p, x.shape[2] // p * p)
+    elif isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        out_hw = (int(size), int(size))
+    elif isinstance(size, Sequence) and len(size) == 2 and all(_is_int(v) for v in size):
+        out_hw = (int(size[0]), int(size[1]))
     else:
-        out_hw = (size, size) if isinstance(size, int) else tuple(size)
+        raise ValueError(f"dense_features: size must be None, an int or (H, W) ints, got {size!r}")
     if min(out_hw) < p or out_hw[0] % p or out_hw[1] % p:
-        raise ValueError(f"size {out_hw} must be positive multiples of the patch size {p}")
+        raise ValueError(f"dense_features: size {out_hw} must be positive multiples of the patch size {p}")
     if device is None:
         device = next(iter(backbone.parameters())).device
     was_training = backbone.training
@@ -75,6 +89,10 @@ def dense_features(
     return torch.cat(chunks)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def resolve_backbone(spec: Backbone | str | Path, *, model: str = "teacher", **kwargs: Any) -> Backbone:
     """The backbone to evaluate.
 
@@ -86,6 +104,11 @@ def resolve_backbone(spec: Backbone | str | Path, *, model: str = "teacher", **k
     """
     if isinstance(spec, Backbone):
         return spec
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(
+            "resolve_backbone: spec must be a Backbone, a registered name, a run/checkpoint folder or a "
+            f"`mosic export` folder, got {type(spec).__name__}"
+        )
     path = Path(spec)
     if path.is_dir():
         if (path / "mosic.json").is_file():
@@ -103,10 +126,27 @@ def resolve_backbone(spec: Backbone | str | Path, *, model: str = "teacher", **k
 
 
 def _from_export(path: Path, **kwargs: Any) -> Backbone:
-    info = json.loads((path / "mosic.json").read_text())
+    """Rebuild an export from its ``mosic.json`` (untrusted input: plain JSON, checked) and load
+    its ``model.safetensors`` (tensors only; a pickle under that name is refused)."""
+    info_file = path / "mosic.json"
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{info_file} is not a readable `mosic export` description (JSON): {exc}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_file} must hold a JSON object (backbone, spec, format), got {type(info).__name__}")
     name, spec, fmt = info.get("backbone"), info.get("spec") or {}, info.get("format")
-    if name not in BACKBONES:
-        raise ValueError(f"{path}/mosic.json names backbone {name!r}, which is not registered here")
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise ValueError(f"{info_file} names backbone {name!r}, which is not registered here")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{info_file}: 'spec' must be an object of architecture values, got {type(spec).__name__}")
+    bad = {
+        k: spec[k]
+        for k in ("patch_size", "embed_dim", "depth", "num_heads", "img_size")
+        if k in spec and (isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < 1)
+    }
+    if bad:
+        raise ValueError(f"{info_file}: spec values must be positive ints, got {bad}")
     if fmt not in ("timm", "torchhub"):
         raise ValueError(f"{path}: exports in format {fmt!r} are loaded with transformers; evaluate the run folder instead")
     weights = path / "model.safetensors"

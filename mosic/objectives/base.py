@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,6 +35,10 @@ class ObjectiveInputs:
             of each clip (one :class:`mosic.data.transforms.ViewTransform` per clip) ...
         student_view_tokens: ... and the student's (B, h, w, D) tokens of Phi(frame 0)
             (no masking), with grad.
+
+    Construction checks that the shapes agree (B and T between the tokens and the tracks,
+    h, w, D between student and teacher, the mask, the frames) and raises ValueError naming
+    the field; only shapes and dtypes are read, so it never synchronises with a GPU.
     """
 
     student_tokens: torch.Tensor
@@ -44,6 +49,9 @@ class ObjectiveInputs:
     student_frames: tuple[int, ...] = (0,)
     views: list[ViewTransform] | None = None
     student_view_tokens: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_inputs(self)
 
     def student_frame(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The student's (B, h, w, D) tokens of clip frame ``t`` and their (B, h, w) drop mask (or None)."""
@@ -59,6 +67,58 @@ class ObjectiveInputs:
     def replace(self, **changes) -> "ObjectiveInputs":
         """A copy with some fields changed (e.g. other tracks)."""
         return dataclasses.replace(self, **changes)
+
+
+def _describe(x: object) -> str:
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_inputs(inputs: ObjectiveInputs) -> None:
+    """Shapes, dtypes and batch/frame counts agree (cheap: no values are read, no host syncs)."""
+    where = "ObjectiveInputs"
+    teacher, student, tracks = inputs.teacher_tokens, inputs.student_tokens, inputs.tracks
+    if not isinstance(teacher, torch.Tensor) or teacher.ndim != 5 or not teacher.is_floating_point():
+        raise ValueError(f"{where}: teacher_tokens must be (B, T, h, w, D) float, got {_describe(teacher)}")
+    b, t, h, w, d = teacher.shape
+    if not isinstance(student, torch.Tensor) or student.ndim != 5 or not student.is_floating_point():
+        raise ValueError(f"{where}: student_tokens must be (B, S, h, w, D) float, got {_describe(student)}")
+    if student.shape[0] != b or tuple(student.shape[2:]) != (h, w, d):
+        raise ValueError(
+            f"{where}: student_tokens must be (B, S, h, w, D) = ({b}, S, {h}, {w}, {d}) like teacher_tokens "
+            f"{tuple(teacher.shape)}, got {tuple(student.shape)}"
+        )
+    if not isinstance(tracks, Tracks):
+        raise TypeError(f"{where}: tracks must be mosic.Tracks (xy (B, T, N, 2), visible (B, T, N)), got {type(tracks).__name__}")
+    if tuple(tracks.xy.shape[:2]) != (b, t) or not tracks.xy.is_floating_point():
+        raise ValueError(
+            f"{where}: tracks.xy must be (B, T, N, 2) = ({b}, {t}, N, 2) float pixels, B and T as in teacher_tokens "
+            f"{tuple(teacher.shape)}, got {_describe(tracks.xy)}"
+        )
+    size = inputs.patch_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"{where}: patch_size must be an int > 0 (pixels per patch side), got {size!r}")
+    frames = inputs.student_frames
+    if not isinstance(frames, (tuple, list)) or not all(isinstance(f, numbers.Integral) and 0 <= f < t for f in frames):
+        raise ValueError(f"{where}: student_frames must be a tuple of clip frame indices in [0, T={t}), got {frames!r}")
+    if student.shape[1] < len(frames):
+        raise ValueError(
+            f"{where}: student_tokens holds {student.shape[1]} frames but student_frames lists {len(frames)} ({frames})"
+        )
+    mask = inputs.student_token_mask
+    if mask is not None and (
+        not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(student.shape[:4])
+    ):
+        raise ValueError(
+            f"{where}: student_token_mask must be None or (B, S, h, w) = {tuple(student.shape[:4])} bool, got {_describe(mask)}"
+        )
+    if inputs.views is not None and len(inputs.views) != b:
+        raise ValueError(f"{where}: views must be None or one ViewTransform per clip (B={b}), got {len(inputs.views)}")
+    view = inputs.student_view_tokens
+    if view is not None and (
+        not isinstance(view, torch.Tensor) or view.ndim != 4 or view.shape[0] != b or view.shape[-1] != d
+        or not view.is_floating_point()
+    ):
+        raise ValueError(f"{where}: student_view_tokens must be None or (B={b}, h', w', D={d}) float, got {_describe(view)}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ with MoSiC in the place of its segmentation loss; a weight in front scales both 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,11 @@ def parse_objective_expression(expression: str) -> list[tuple[float, str]]:
     weight (default 1). Names may contain ``-`` (``mosic-propagated``), so there is no
     subtraction.
     """
+    if not isinstance(expression, str):
+        raise TypeError(
+            f"objective name must be a string such as 'mosic' or 'mosic + 0.1 correspondence', "
+            f"got {type(expression).__name__}"
+        )
     terms = []
     for part in expression.split("+"):
         match = _TERM.match(part)
@@ -44,6 +50,8 @@ def parse_objective_expression(expression: str) -> list[tuple[float, str]]:
                 "'name' or 'weight name' (or 'weight*name') joined by '+', e.g. 'mosic + 0.1 correspondence'"
             )
         weight = float(match["weight"]) if match["weight"] else 1.0
+        if not math.isfinite(weight):
+            raise ValueError(f"the weight of {match['name']!r} in the objective {expression!r} must be finite, got {weight}")
         terms.append((weight, match["name"]))
     names = [name for _, name in terms]
     if len(set(names)) != len(names):

@@ -24,7 +24,7 @@ from ..points import sample_at_points
 from ..sinkhorn import sinkhorn
 from ..trackers.base import Tracks
 from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
-from .head import ProjectionHead, Prototypes
+from .head import ProjectionHead, Prototypes, check_count, check_positive
 
 
 @register_objective("mosic", target="tracked")
@@ -67,6 +67,9 @@ class MoSiCObjective(Objective):
             raise ValueError(f"loss_points must be 'visible' or 'all', got {loss_points!r}")
         if target not in ("tracked", "propagated", "still"):
             raise ValueError(f"target must be 'tracked', 'propagated' or 'still', got {target!r}")
+        check_positive("temperature", temperature)
+        check_positive("sinkhorn_epsilon", sinkhorn_epsilon)
+        check_count("sinkhorn_iterations", sinkhorn_iterations)
         self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim)
         self.prototypes = Prototypes(num_prototypes, projection_dim)
         self.temperature = temperature

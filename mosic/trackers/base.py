@@ -28,6 +28,13 @@ class Tracks:
     visible: torch.Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.xy, torch.Tensor) or not isinstance(self.visible, torch.Tensor):
+            raise TypeError(
+                f"Tracks needs tensors: xy (B, T, N, 2) float and visible (B, T, N) bool, "
+                f"got {type(self.xy).__name__} and {type(self.visible).__name__}"
+            )
+        if not self.xy.is_floating_point():
+            raise ValueError(f"Tracks.xy must be float (x, y) pixels, got {self.xy.dtype}")
         if self.xy.ndim != 4 or self.xy.shape[-1] != 2:
             raise ValueError(f"Tracks.xy must be (B, T, N, 2), got {tuple(self.xy.shape)}")
         if self.visible.shape != self.xy.shape[:-1]:
@@ -72,8 +79,10 @@ def query_grid(height: int, width: int, grid_size: int, frame: int = 0) -> torch
     Points sit at the centres of a G x G tiling of the image, row-major (y outer,
     x inner); with a 224 px image, G=16 and patch 14 every point is a patch centre.
     """
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+        raise ValueError(f"query_grid: grid_size must be an int >= 1, got {grid_size!r}")
+    if height < 1 or width < 1:
+        raise ValueError(f"query_grid: height and width must be >= 1, got {height} x {width}")
     xs = (torch.arange(grid_size, dtype=torch.float32) + 0.5) * (width / grid_size) - 0.5
     ys = (torch.arange(grid_size, dtype=torch.float32) + 0.5) * (height / grid_size) - 0.5
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")

@@ -227,15 +227,52 @@ def _write_manifest(
 
 def _read_manifest(out: Path, name: str = MANIFEST) -> dict[str, Any]:
     try:
-        manifest = json.loads((out / name).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads((out / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StaleCacheError(f"cannot read the track cache manifest {out / name}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise StaleCacheError(f"{out / name} is not a track cache manifest (a JSON object); rebuild it with mosic track")
     if manifest.get("version") != CACHE_VERSION:
         raise StaleCacheError(
             f"{out} is a version {manifest.get('version')} track cache; this mosic reads version {CACHE_VERSION}: "
             "rebuild it with mosic track"
         )
+    _check_manifest(manifest, out, name)
     return manifest
+
+
+_ENTRY_KEYS = {"name": str, "file": str, "sha256": str, "fingerprint": str, "num_frames": int, "stride": int, "starts": list}
+
+
+def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
+    """The manifest is untrusted input: its structure is checked before any of it is used, and
+    every track file it names must lie inside the cache folder."""
+    where = path / name
+
+    def bad(why: str) -> StaleCacheError:
+        return StaleCacheError(f"{where} is not a valid track cache manifest: {why}; rebuild it with mosic track")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"expected a JSON object, got {type(manifest).__name__}")
+    settings = manifest.get("settings")
+    fields = set(CacheSettings.__dataclass_fields__)
+    if not isinstance(settings, dict) or set(settings) != fields:
+        raise bad(f"'settings' must hold exactly {sorted(fields)}, got {settings!r}")
+    videos = manifest.get("videos")
+    if not isinstance(videos, list):
+        raise bad(f"'videos' must be a list, got {type(videos).__name__}")
+    root = path.resolve()
+    for i, entry in enumerate(videos):
+        if not isinstance(entry, dict):
+            raise bad(f"video entry {i} must be an object, got {type(entry).__name__}")
+        for key, kind in _ENTRY_KEYS.items():
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
+        if not all(isinstance(st, int) and not isinstance(st, bool) for st in entry["starts"]):
+            raise bad(f"video entry {i}: 'starts' must be a list of ints")
+        file = entry["file"]
+        if Path(file).is_absolute() or not (path / file).resolve().is_relative_to(root):
+            raise bad(f"video entry {i} names the track file {file!r}, outside the cache folder")
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -295,8 +332,18 @@ class TrackCache:
         entry = self.videos[index]
         file = self.path / entry["file"]
         if index not in self._verified:
-            if _file_sha256(file) != entry["sha256"]:
-                raise StaleCacheError(f"{file} does not match its checksum in the manifest (corrupt or replaced)")
+            if not file.is_file():
+                raise StaleCacheError(
+                    f"{file} (tracks of {entry['name']!r}) is missing from the track cache at {self.path}; "
+                    "run the same `mosic track` again to restore it"
+                )
+            digest = _file_sha256(file)
+            if digest != entry["sha256"]:
+                raise StaleCacheError(
+                    f"{file} does not match its checksum in the manifest (corrupt or replaced): sha256 "
+                    f"{digest[:16]}... but the manifest records {str(entry['sha256'])[:16]}... for {entry['name']!r}. "
+                    "Run the same `mosic track` again: it re-tracks the videos whose files fail their checksum"
+                )
             if video_fingerprint(self.source, index) != entry["fingerprint"]:
                 raise StaleCacheError(
                     f"video {entry['name']!r} changed since its tracks were cached in {self.path}; rebuild with mosic track"

@@ -193,7 +193,7 @@ def _weights_enum(model: str):
 
 def _download_state_dict(weights_enum, progress: bool) -> dict[str, torch.Tensor]:
     """torchvision's checkpoint (from the torch hub cache, downloading it when missing)."""
-    return weights_enum.get_state_dict(progress=progress, check_hash=True)
+    return weights_enum.get_state_dict(progress=progress, check_hash=True, weights_only=True)
 
 
 def _build_model(model: str, weights: Any, progress: bool) -> torch.nn.Module:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...backbones.weights import load_state_dict_strict, read_state_dict
+from ...backbones.weights import CONVERT_HINT, UnsafeWeightsError, load_state_dict_strict, read_state_dict
 from ...errors import WeightsUnavailableError
 
 __all__ = [
@@ -106,10 +106,17 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def download_state_dict(variant: str, progress: bool = True) -> dict[str, torch.Tensor]:
-    """The official state dict of ``variant`` (a key of :data:`WEIGHT_URLS`), cached or downloaded."""
-    if variant not in WEIGHT_URLS:
+def _check_variant(variant: object) -> None:
+    if not isinstance(variant, str) or variant not in WEIGHT_URLS:
         raise ValueError(f"unknown CoTracker variant {variant!r}; known: {', '.join(WEIGHT_URLS)}")
+
+
+def download_state_dict(variant: str, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The official state dict of ``variant`` (a key of :data:`WEIGHT_URLS`), cached or downloaded.
+
+    A cached file is read like a local one (:func:`~mosic.backbones.weights.read_state_dict`:
+    safetensors or ``torch.load(weights_only=True)``; a pickle needing code is refused)."""
+    _check_variant(variant)
     url = WEIGHT_URLS[variant]
     cached = _cache_path(url)
     if cached.is_file():
@@ -123,6 +130,12 @@ def download_state_dict(variant: str, progress: bool = True) -> dict[str, torch.
             url, map_location="cpu", progress=progress, weights_only=True, file_name=cached.name
         )
     except Exception as exc:  # URLError, HTTPError, timeouts, a corrupt partial file
+        if "weights only load failed" in str(exc).lower():
+            raise UnsafeWeightsError(
+                f"refusing to load {cached} (downloaded from {url}): it is a pickle that needs arbitrary code "
+                "to unpickle, which mosic never does. Delete the file and download it again, or pass a local "
+                "file you trust converted to safetensors. " + CONVERT_HINT
+            ) from exc
         raise _unavailable(variant, f"could not be downloaded ({type(exc).__name__}: {exc})") from exc
     return _unwrap(state, url)
 
@@ -131,11 +144,15 @@ def resolve_state_dict(
     weights: str | os.PathLike | None, variant: str, progress: bool = True
 ) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``weights`` a path) or the official download (``None``)."""
+    _check_variant(variant)
     if weights is None:
         return download_state_dict(variant, progress=progress)
     if isinstance(weights, (str, os.PathLike)):
         return read_state_dict(weights)
-    raise TypeError(f"weights must be None, a path or False, got {type(weights).__name__}")
+    raise TypeError(
+        f"weights must be None (official download), a path to a .pth/.safetensors file or False (random), "
+        f"got {type(weights).__name__}"
+    )
 
 
 def load_cotracker_weights(
@@ -145,6 +162,7 @@ def load_cotracker_weights(
 
     Mismatched files fail with the list of missing, unexpected and mis-shaped keys.
     """
+    _check_variant(variant)
     if weights is False:
         return model
     if weights is True:
