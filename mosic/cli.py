@@ -269,9 +269,13 @@ def _track(args: argparse.Namespace) -> int:
     out = write_track_cache(source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress)
     if not is_main_process():
         return 0
+    from .trackers.cache import TrackCache
+
+    unreadable = TrackCache(out, source).unreadable
+    skipped = f" ({len(unreadable)} unreadable, skipped: {', '.join(sorted(unreadable)[:5])})" if unreadable else ""
     print(
-        f"tracked {len(source)} videos with {name} in {time.perf_counter() - started:.1f} s "
-        f"({settings.grid_size}x{settings.grid_size} points per clip start); "
+        f"tracked {len(source) - len(unreadable)} of {len(source)} videos{skipped} with {name} in "
+        f"{time.perf_counter() - started:.1f} s ({settings.grid_size}x{settings.grid_size} points per clip start); "
         f"train with: tracker.name={name} tracker.cache={out}"
     )
     return 0

@@ -198,6 +198,7 @@ class PostPretrainer:
         if out is not None and dist.is_main_process():
             out.mkdir(parents=True, exist_ok=True)
             self.config.save(out / "config.yaml")
+            _truncate_metrics(out / "metrics.jsonl", self.step)  # a killed run logged past its checkpoint
 
         sampler.start_step = self.step
         loader = DataLoader(
@@ -616,6 +617,19 @@ def _token_masks(metas: Sequence[ClipMeta], frames: int, h: int, w: int, ratio: 
         generator = torch.Generator().manual_seed(meta.sample_seed ^ 0x5EED)
         masks[i, torch.randperm(h * w, generator=generator)[:count]] = True
     return masks.view(len(metas), 1, h, w).expand(-1, frames, -1, -1)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (atomically): resumed steps are logged again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def _ema_copy(learner: Learner) -> Learner:

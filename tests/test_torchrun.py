@@ -93,7 +93,7 @@ def test_torchrun_tracks_a_cache_in_parallel_like_one_process(tmp_path):
         [*cmd, "track", VIDEOS, "--out", str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=300, env=ENV
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("tracked 8 videos") == 1
+    assert result.stdout.count("tracked 8 of 8 videos") == 1
     one, two = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
     assert two["complete"] and not list((tmp_path / "two").glob("manifest.part-*"))
     # the same videos, fingerprints, starts and tracks, in video order (file hashes differ:

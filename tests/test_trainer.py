@@ -180,3 +180,20 @@ def test_teacher_holds_the_frozen_blocks_once(tmp_path, synthetic):
         assert torch.equal(loaded.teacher_learner.state_dict()[name], value), name
     loaded_student = dict(loaded.learner.named_parameters())
     assert all(dict(loaded.teacher_learner.named_parameters())[n] is loaded_student[n] for n in frozen)
+
+
+def test_resume_rewrites_the_metrics_logged_after_the_checkpoint(tmp_path, synthetic):
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_3(trainer, step, metrics):
+        if step == 3:
+            raise Interrupt
+
+    config = {"train.max_steps": 4, "train.checkpoint_every": 2}
+    with pytest.raises(Interrupt):
+        make_trainer(**config).fit(synthetic, out_dir=tmp_path, callbacks=[stop_at_3])
+    steps = lambda: [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps() == [1, 2, 3]  # step 3 was logged, its checkpoint never written
+    make_trainer(**config).fit(synthetic, out_dir=tmp_path, resume=True)
+    assert steps() == [1, 2, 3, 4]

@@ -53,3 +53,24 @@ def test_skipping_can_be_turned_off(tmp_path):
     trainer = PostPretrainer(config=tiny_config(**CONFIG, **{"data.skip_bad_videos": False}))
     with pytest.raises(VideoReadError, match="broken.mp4"):
         trainer.fit(root, out_dir=tmp_path / "run")
+
+
+def test_mosic_track_records_unreadable_videos_and_training_skips_them(tmp_path, capsys):
+    from mosic.cli import main
+    from mosic.data.clips import BadVideoWarning
+    from mosic.trackers.cache import TrackCache
+    from mosic.data.readers import open_videos
+
+    root = folder_with(tmp_path, 4, {"broken.mp4": b"this is not a video"})
+    cache = tmp_path / "cache"
+    track = ["track", str(root), "--out", str(cache), "--tracker", "lk", "--grid", "4", "--device", "cpu",
+             "--no-progress", "data.num_frames=4", "data.frame_stride=2"]
+    with pytest.warns(BadVideoWarning, match="mosic track: skipping .*broken.mp4"):
+        assert main(track) == 0
+    assert "tracked 4 of 5 videos (1 unreadable, skipped: " in capsys.readouterr().out
+    unreadable = TrackCache(cache, open_videos(str(root))).unreadable
+    assert [Path(n).name for n in unreadable] == ["broken.mp4"] and all(unreadable.values())
+    trainer = PostPretrainer(config=tiny_config(**CONFIG, **{"tracker.cache": str(cache)}))
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        trainer.fit(root, out_dir=tmp_path / "run")
+    assert trainer.step == 3 and [Path(n).name for n in trainer.skipped_videos] == ["broken.mp4"]

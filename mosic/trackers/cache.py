@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from ..data.clips import effective_stride
+from ..data.clips import BadVideoWarning, effective_stride
+from ..data.readers import VideoReadError
 from ..data.source import VideoSource
 from .base import Tracker, Tracks
 
@@ -142,14 +144,20 @@ def write_track_cache(
     manifest_name = MANIFEST if world == 1 else PART_MANIFESTS.replace("*", str(rank))
     for index in indices:
         name = source.video_name(index)
-        fingerprint = video_fingerprint(source, index)
         file = out / "tracks" / f"{index:06d}.safetensors"
-        old = known.get(name)
-        if old and old["fingerprint"] == fingerprint and file.is_file() and _file_sha256(file) == old["sha256"]:
-            entries[index] = old
-            continue
-        entry = _track_video(source, index, tracker, settings, file, batch_size, device)
-        entry.update(name=name, fingerprint=fingerprint)
+        try:
+            fingerprint = video_fingerprint(source, index)
+            old = known.get(name)
+            if old and old.get("fingerprint") == fingerprint and file.is_file() and _file_sha256(file) == old["sha256"]:
+                entries[index] = old
+                continue
+            entry = _track_video(source, index, tracker, settings, file, batch_size, device)
+        except (VideoReadError, _TooShort) as error:  # recorded, skipped by training, retried next time
+            reason = getattr(error, "reason", str(error))
+            warnings.warn(f"mosic track: skipping {name}: {reason}", BadVideoWarning, stacklevel=2)
+            entry = {"name": name, "error": reason}
+        else:
+            entry.update(name=name, fingerprint=fingerprint)
         entries[index] = entry
         _write_manifest(out, settings, [entries[i] for i in sorted(entries)], complete=False, name=manifest_name)
         if on_video is not None:
@@ -178,7 +186,7 @@ def _track_video(source, index, tracker, settings, file: Path, batch_size: int, 
     stride = effective_stride(n, s.num_frames, s.frame_stride)
     starts = clip_starts(n, s.num_frames, s.frame_stride, s.start_step)
     if not starts:
-        raise StaleCacheError(f"{name} has {n} frames, fewer than a clip of {s.num_frames}")
+        raise _TooShort(f"too short: {n} frames, a clip needs {s.num_frames}")
     truth = source.ground_truth(index)
     xy_parts, vis_parts = [], []
     for first in range(0, len(starts), batch_size):
@@ -265,6 +273,10 @@ def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
     for i, entry in enumerate(videos):
         if not isinstance(entry, dict):
             raise bad(f"video entry {i} must be an object, got {type(entry).__name__}")
+        if "error" in entry:  # a video mosic track could not read: name and reason only
+            if set(entry) != {"name", "error"} or not all(isinstance(v, str) for v in entry.values()):
+                raise bad(f"video entry {i} of an unreadable video must hold 'name' and 'error' strings only")
+            continue
         for key, kind in _ENTRY_KEYS.items():
             if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
                 raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
@@ -277,6 +289,14 @@ def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
 
 def _diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: cache {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+class _TooShort(ValueError):
+    """A video with fewer frames than one clip (no clip start to track)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class TrackCache:
@@ -310,6 +330,13 @@ class TrackCache:
         if len(self.videos) != len(source):
             raise StaleCacheError(f"the track cache at {self.path} covers {len(self.videos)} videos, the source has {len(source)}")
         for index, entry in enumerate(self.videos):
+            if "error" in entry:  # unreadable when tracked: training skips it (reading fails again)
+                if entry["name"] != source.video_name(index):
+                    raise StaleCacheError(
+                        f"video {index} is {source.video_name(index)!r}, but the track cache at {self.path} has "
+                        f"{entry['name']!r}; rebuild it with mosic track"
+                    )
+                continue
             name, n = source.video_name(index), source.num_frames(index)
             if entry["name"] != name or entry["num_frames"] != n:
                 raise StaleCacheError(
@@ -319,8 +346,16 @@ class TrackCache:
         self.source = source
         self._verified: set[int] = set()
 
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """Videos ``mosic track`` could not read: name -> reason."""
+        return {e["name"]: e["error"] for e in self.videos if "error" in e}
+
     def starts(self, index: int) -> list[int]:
-        return self.videos[index]["starts"]
+        entry = self.videos[index]
+        if "error" in entry:
+            raise VideoReadError(entry["name"], f"{entry['error']} (mosic track could not track it)")
+        return entry["starts"]
 
     def stride(self, index: int) -> int:
         return self.videos[index]["stride"]
