@@ -56,8 +56,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mosic
 import mosic.trainer
-from mosic.data.clips import ClipDataset, collate_clips
-from mosic.data.synthetic import SyntheticVideos
 from mosic.ema import ema_update_
 from mosic.points import sample_at_points
 from mosic.sinkhorn import sinkhorn
@@ -145,21 +143,10 @@ def build(args: argparse.Namespace):
         objective["head_hidden_dims"] = [int(v) for v in args.head_hidden.split(",")]
     if args.projection_dim:
         objective["projection_dim"] = args.projection_dim
-    config = {
-        "backbone": {"name": args.backbone, "pretrained": False, "kwargs": _parse_kwargs(args.backbone_kwargs)},
-        "tracker": {"name": "oracle", "grid_size": args.grid},
-        "objective": objective,
-        "data": {"num_frames": args.frames, "frame_stride": 2, "size": args.size, "global_batch_size": args.batch},
-        "train": {"mask_ratio": args.mask_ratio, "device": args.device, "progress": False},
-    }
-    trainer = mosic.PostPretrainer(config=config)
-    trainer._prepare_optimizer(1000)
-    source = SyntheticVideos(num_videos=args.batch, num_frames=2 * args.frames, size=args.size, seed=0)
-    dataset = ClipDataset(source, args.frames, 2, args.size, (0.4, 1.0))
-    batch = collate_clips([dataset[(0, i)] for i in range(args.batch)])
-    batch["frames"] = batch["frames"].to(trainer.device)
-    batch["tracks"] = trainer._tracks_for(batch["frames"], batch["meta"])  # what a track cache holds
-    return trainer, batch
+    return _load_step_vs_reference().paper_setting(
+        args.backbone, _parse_kwargs(args.backbone_kwargs), args.frames, args.size, args.grid, args.batch,
+        args.mask_ratio, args.device, objective,
+    )
 
 
 def component_fns(trainer: mosic.PostPretrainer, batch: dict) -> dict[str, Callable[[], object]]:

@@ -77,6 +77,36 @@ def reference_step(trainer: mosic.PostPretrainer, frames: torch.Tensor, tracks: 
     return float(loss.detach())
 
 
+def paper_setting(
+    backbone: str,
+    backbone_kwargs: dict,
+    frames: int,
+    size: int,
+    grid: int,
+    batch: int,
+    mask_ratio: float,
+    device: str,
+    objective: dict | None = None,
+) -> tuple[mosic.PostPretrainer, dict]:
+    """A trainer (random weights, optimizer ready) and one batch of synthetic clips with
+    exact cached tracks on ``device``: the inputs both steps are timed on."""
+    config = {
+        "backbone": {"name": backbone, "pretrained": False, "kwargs": backbone_kwargs},
+        "tracker": {"name": "oracle", "grid_size": grid},
+        "objective": objective or {},
+        "data": {"num_frames": frames, "frame_stride": 2, "size": size, "global_batch_size": batch},
+        "train": {"mask_ratio": mask_ratio, "device": device, "progress": False},
+    }
+    trainer = mosic.PostPretrainer(config=config)
+    trainer._prepare_optimizer(1000)
+    source = SyntheticVideos(num_videos=batch, num_frames=2 * frames, size=size, seed=0)
+    dataset = ClipDataset(source, frames, 2, size, (0.4, 1.0))
+    clips = collate_clips([dataset[(0, i)] for i in range(batch)])
+    clips["frames"] = clips["frames"].to(device)
+    clips["tracks"] = trainer._tracks_for(clips["frames"], clips["meta"])  # exact tracks: what a track cache holds
+    return trainer, clips
+
+
 def timed(fn, repeats: int, device: str) -> float:
     fn()  # warm-up
     times = []
@@ -107,20 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     extra = {k: int(v) for k, v in (kv.split("=") for kv in args.backbone_kwargs.split(",") if kv)}
 
-    config = {
-        "backbone": {"name": args.backbone, "pretrained": False, "kwargs": extra},
-        "tracker": {"name": "oracle", "grid_size": args.grid},
-        "data": {"num_frames": args.frames, "frame_stride": 2, "size": args.size, "global_batch_size": args.batch},
-        "train": {"mask_ratio": args.mask_ratio, "device": args.device, "progress": False},
-    }
-    trainer = mosic.PostPretrainer(config=config)
-    trainer._prepare_optimizer(1000)
-    source = SyntheticVideos(num_videos=args.batch, num_frames=2 * args.frames, size=args.size, seed=0)
-    dataset = ClipDataset(source, args.frames, 2, args.size, (0.4, 1.0))
-    batch = collate_clips([dataset[(0, i)] for i in range(args.batch)])
-    frames = batch["frames"].to(args.device)
-    cached = trainer._tracks_for(frames, batch["meta"])  # exact tracks: what a track cache holds
-    batch["tracks"] = cached
+    trainer, batch = paper_setting(
+        args.backbone, extra, args.frames, args.size, args.grid, args.batch, args.mask_ratio, args.device
+    )
+    frames, cached = batch["frames"], batch["tracks"]
     reference = copy.deepcopy(trainer)
     factory = mosic.trackers.TRACKERS.get(args.reference_tracker).factory
     import inspect
