@@ -96,6 +96,10 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="output folder")
     export.add_argument("--format", choices=["timm", "hf", "torchhub"], default="timm")
     export.add_argument("--model", choices=["teacher", "student"], default="teacher", help="the paper evaluates the teacher")
+
+    from .viz.command import add_viz_parser
+
+    add_viz_parser(sub)  # mosic viz tracks|clusters|curves (docs/viz.md)
     return parser
 
 
@@ -156,6 +160,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         return _eval(args)
+    if args.command == "viz":
+        from .viz.command import run_viz
+
+        return run_viz(args)
     if args.command == "check-data":
         from .data.check import run_check_data
 

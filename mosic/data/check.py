@@ -67,9 +67,10 @@ def check_videos(
     """:func:`check_video` for every video of ``source``, in index order.
 
     Args:
-        num_frames, stride: the training clip (``data.num_frames``, ``data.stride``); a video
-            shorter than ``stride * (num_frames - 1) + 1`` frames is read with a smaller
-            stride, one shorter than ``num_frames`` is skipped.
+        num_frames: frames of the training clip (``data.num_frames``); a video shorter
+            than ``num_frames`` is skipped.
+        stride: frames between clip frames (``data.stride``); a video shorter than
+            ``stride * (num_frames - 1) + 1`` frames is read with a smaller stride.
         full: decode every frame, not just one clip and the last frame (slow; finds damage
             in the middle of a video).
         workers: threads (default: up to 8); each reads through its own copy of the source.

@@ -206,14 +206,16 @@ def davis_scores(
     """J and F of one sequence under the DAVIS 2017 semi-supervised protocol.
 
     Args:
-        pred_masks, gt_masks: (T, H, W) int instance masks (0 background, i >= 1 object
-            i). Ground-truth :data:`~mosic.data.IGNORE_INDEX` pixels count as background
-            (the toolkit's semi-supervised evaluation ignores its void mask).
+        pred_masks: (T, H, W) int instance masks (0 background, i >= 1 object i).
+        gt_masks: (T, H, W) int ground-truth instance masks, as ``pred_masks``.
+            :data:`~mosic.data.IGNORE_INDEX` pixels count as background (the toolkit's
+            semi-supervised evaluation ignores its void mask).
         object_ids: objects to score (default: the non-zero ids of the first
             ground-truth frame). The toolkit scores ids ``1 .. max(first frame)``; for
             DAVIS, whose ids are contiguous, that is the same set.
-        skip_first, skip_last: leave out the first frame (given to the method) and the
-            last frame, as the official toolkit does (``[:, 1:-1]``).
+        skip_first: leave out the first frame (given to the method), as the official
+            toolkit does (``[:, 1:-1]``).
+        skip_last: leave out the last frame, as the official toolkit does.
     Returns:
         fractions in [0, 1]: ``j_mean``, ``j_recall``, ``j_decay``, ``f_mean``,
         ``f_recall``, ``f_decay`` (means over objects of the per-object statistics),

@@ -253,11 +253,13 @@ def evaluate_in_context(
             each image contributes ``memory_size // num_images`` patches, capped by its
             labelled patches.
         patches_per_image: patches kept per image, overriding ``memory_size``.
-        k, temperature: neighbours retrieved and the softmax temperature over their
-            cosine similarities.
+        k: neighbours retrieved.
+        temperature: the softmax temperature over their cosine similarities.
         size: square side or (H, W) images are resized to (multiple of the patch size);
             None: each image's own size rounded down to a multiple of the patch size.
-        index, nprobe, use_gpu: the :class:`~mosic.eval.knn.NearestNeighbors` set-up.
+        index: the :class:`~mosic.eval.knn.NearestNeighbors` index kind.
+        nprobe: the :class:`~mosic.eval.knn.NearestNeighbors` cells searched (IVF index).
+        use_gpu: whether :class:`~mosic.eval.knn.NearestNeighbors` runs on the GPU.
         matching: ``"identity"`` (predicted ids are classes) or ``"hungarian"`` (the
             reference code's one-to-one matching before scoring).
         train_indices: explicit training images (e.g. a published file list); replaces
@@ -444,9 +446,10 @@ def evaluate_in_context_fractions(
     """:func:`evaluate_in_context` for each training fraction and seed (Table 1).
 
     Args:
-        fractions, seeds: every fraction runs once per seed; with ``full_data_once`` a
-            fraction of 1 runs only with the first seed (every seed selects the same
-            images; the paper reports 1/1 from one run).
+        fractions: training fractions; every fraction runs once per seed.
+        seeds: the seeds of each fraction; with ``full_data_once`` a fraction of 1 runs
+            only with the first seed (every seed selects the same images; the paper
+            reports 1/1 from one run).
         cache_val_features: encode the validation set once and reuse its tokens in
             every run (costs N_val * h * w * D * 4 bytes of RAM).
         kwargs: passed to :func:`evaluate_in_context` (``size``, ``k``, ``memory_size``...).

@@ -154,10 +154,15 @@ def evaluate_linear_probe(
 
     Args:
         backbone: frozen; used only to compute features once (eval mode, no grad).
-        train, val: :class:`~mosic.data.SegmentationDataset` s with the same classes
-            (``train.num_classes``); masks hold class ids or IGNORE_INDEX (255).
-        epochs, lr, momentum, weight_decay: SGD on the head (paper: 20, 0.01, 0.9, 1e-4).
-        milestones, gamma: the lr is multiplied by ``gamma`` after each epoch listed in
+        train: a :class:`~mosic.data.SegmentationDataset`; masks hold class ids or
+            IGNORE_INDEX (255).
+        val: a :class:`~mosic.data.SegmentationDataset` with the same classes
+            (``train.num_classes``).
+        epochs: SGD epochs on the head (paper: 20).
+        lr: SGD learning rate (paper: 0.01).
+        momentum: SGD momentum (paper: 0.9).
+        weight_decay: SGD weight decay (paper: 1e-4).
+        milestones: the lr is multiplied by ``gamma`` after each epoch listed in
             ``milestones`` (torch ``MultiStepLR``, stepped per epoch). Default (20,) is the
             authors' code (NeCo/Leopart ``StepLR(step_size=drop_at=20)``, gamma 0.1): with the
             paper's 20 epochs the drop falls after the last epoch, i.e. the lr stays 0.01;

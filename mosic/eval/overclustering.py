@@ -90,10 +90,11 @@ def evaluate_overclustering(
         pca_dim: None (default): no PCA. An int: standardise the features and reduce them
             to ``pca_dim`` dims with PCA first, as the authors' code does with 50.
         normalize: L2-normalise the (possibly PCA-reduced) features before K-means.
-        seed, num_seeds: K-means runs with seeds ``seed .. seed + num_seeds - 1``, mIoUs
-            averaged (the paper reports the mean of 5 seeds).
-        niter, nredo: K-means iterations and restarts (lowest objective kept); the
-            authors' code: 100 and 5. One restart can merge two well-separated groups.
+        seed: first K-means seed: runs use seeds ``seed .. seed + num_seeds - 1``.
+        num_seeds: K-means runs, mIoUs averaged (the paper reports the mean of 5 seeds).
+        niter: K-means iterations (the authors' code: 100).
+        nredo: K-means restarts, the lowest objective kept (the authors' code: 5). One
+            restart can merge two well-separated groups.
     Returns:
         ``results``: one dict per K in ``ks`` order with ``k`` (the K used), ``requested``
         (the entry of ``ks``), ``matching`` ("hungarian" or "greedy"), ``miou`` (mean over

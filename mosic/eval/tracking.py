@@ -69,8 +69,10 @@ def tapvid_metrics(
     """TAP-Vid metrics of predicted tracks (see the module docstring for the definitions).
 
     Args:
-        pred_xy, gt_xy: (B, T, N, 2) (x, y) pixels of images of ``image_size``.
-        pred_visible, gt_visible: (B, T, N) bool.
+        pred_xy: (B, T, N, 2) predicted (x, y) pixels of images of ``image_size``.
+        gt_xy: (B, T, N, 2) ground-truth (x, y) pixels, as ``pred_xy``.
+        pred_visible: (B, T, N) bool, predicted visibility.
+        gt_visible: (B, T, N) bool, ground-truth visibility.
         query_frames: (B, N) integer query frame of every point.
         image_size: (H, W) of the frames the coordinates refer to, or an int for square.
         query_mode: ``"first"`` (frames after the query frame) or ``"strided"`` (all but it).

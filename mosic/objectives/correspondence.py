@@ -77,8 +77,9 @@ class CorrespondenceObjective(Objective):
         head_hidden_dims: hidden widths of the projection MLP ((2048, 2048)).
         temperature: softmax temperature of the cosine affinities (0.1; 1 is the
             paper's equations taken literally, see the module docstring).
-        short_weight, long_weight: lambda1 and lambda2 of the paper's eq. 16 (0.1, 0.5);
-            either may be 0 (the paper's Table 4a single-term ablations), not both.
+        short_weight: lambda1 of the paper's eq. 16 (0.1).
+        long_weight: lambda2 of the paper's eq. 16 (0.5). Either weight may be 0 (the
+            paper's Table 4a single-term ablations), not both.
         long_term_gap: least clip-frame distance of the long-term pair (5 in the paper);
             clips with fewer than ``long_term_gap + 1`` frames get no long-term term.
         view_scale: area interval of the random crop Phi.

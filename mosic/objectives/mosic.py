@@ -39,7 +39,8 @@ class MoSiCObjective(Objective):
         projection_dim: head output and prototype dimension (256).
         head_hidden_dims: hidden widths of the projection MLP ((2048, 2048) in the paper).
         temperature: softmax temperature of the student scores (0.1).
-        sinkhorn_epsilon, sinkhorn_iterations: Sinkhorn-Knopp settings (0.05, 10).
+        sinkhorn_epsilon: Sinkhorn-Knopp entropic regularisation (0.05).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (10).
         loss_points: "visible" (paper) uses the entries where the point is visible;
             "all" also uses occluded ones (the paper's Table 6f ablation).
         mean_over_all: divide by the number of all entries instead of the used ones

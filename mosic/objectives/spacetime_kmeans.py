@@ -219,7 +219,8 @@ class SpaceTimeKMeansObjective(Objective):
         position_dim: channels P of the position code, a multiple of 6 (default: 48,
             or the largest multiple of 6 not above ``embed_dim`` when that is smaller, at least 6).
         temperature: softmax temperature of the affinity (0.1).
-        projection_dim, head_hidden_dims: the projection head, as in MoSiCObjective.
+        projection_dim: output dimension of the projection head, as in MoSiCObjective.
+        head_hidden_dims: hidden widths of the projection head, as in MoSiCObjective.
         num_reference_frames: None: every frame 1..T-1 is a reference; N: the last N.
         seed: seed of the k-means++ generator (the clustering is a deterministic
             function of the teacher tokens).

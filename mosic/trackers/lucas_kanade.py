@@ -52,8 +52,8 @@ class LucasKanadeTracker(Tracker):
     Args:
         win_size: search window per pyramid level, an int (square) or (w, h).
         max_level: pyramid levels above the full image (0 = no pyramid).
-        max_iters, eps: termination criteria of the per-level iterations
-            (``cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS``).
+        max_iters: most iterations per level (``cv2.TERM_CRITERIA_COUNT``).
+        eps: smallest update that continues the iterations (``cv2.TERM_CRITERIA_EPS``).
         fb_threshold: largest forward-backward round-trip error in pixels.
         min_eig_threshold: OpenCV's ``minEigThreshold`` (rejects textureless windows).
         track_backward: track frames before a query's frame backward in time.

@@ -268,7 +268,9 @@ class RaftTracker(Tracker):
         device: where the model runs; :meth:`to` moves it.
         flow_fn: replaces RAFT: ``flow_fn(image1, image2) -> (P, 2, H', W')`` flow from
             image1 to image2, given (P, 3, H', W') float images in [-1, 1] (tests, other flow models).
-        alpha, beta: forward-backward consistency check.
+        alpha: forward-backward consistency check, relative term: a step fails when
+            ``|f + b|^2 > alpha (|f|^2 + |b|^2) + beta``.
+        beta: forward-backward consistency check, absolute term (pixels^2).
     """
 
     def __init__(
