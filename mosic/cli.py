@@ -246,7 +246,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _track(args: argparse.Namespace) -> int:
     import time
 
-    import torch
 
     from .data.readers import open_videos
     from .trackers.base import TRACKERS
@@ -267,9 +266,10 @@ def _track(args: argparse.Namespace) -> int:
         start_step=args.start_step or config.data.stride,
         track_size=args.track_size,
     )
-    from .distributed import init_from_environment, is_main_process, local_device
+    from .device import resolve_device
+    from .distributed import init_from_environment, is_main_process
 
-    device = local_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     init_from_environment(device)  # under torchrun: every process tracks every world-th video
     source = open_videos(args.videos, backend=config.data.backend)
     tracker = TRACKERS.create(name, **kwargs)
@@ -292,7 +292,6 @@ def _track(args: argparse.Namespace) -> int:
 def _track_eval(args: argparse.Namespace) -> int:
     import json
 
-    import torch
 
     from .eval.tracking import evaluate_tracker, format_results
 
@@ -301,7 +300,9 @@ def _track_eval(args: argparse.Namespace) -> int:
         from .data.readers import open_videos
 
         source = open_videos(args.videos)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from .device import resolve_device
+
+    device = resolve_device(args.device)
     results = evaluate_tracker(
         args.tracker,
         source,

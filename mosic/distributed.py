@@ -69,13 +69,6 @@ def all_gather_object(obj):
     return out
 
 
-def local_device(kind: str) -> torch.device:
-    """``cuda:LOCAL_RANK`` under torchrun on CUDA, else the device ``kind`` names."""
-    if kind == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(kind)
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

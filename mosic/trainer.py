@@ -36,7 +36,7 @@ from .checkpoint import (
 from .config import ConfigError, RunConfig
 from .data.clips import ClipDataset, ClipMeta, collate_clips
 from .data.transforms import apply_views
-from .device import to_device
+from .device import resolve_device, to_device
 from .ema import ema_momentum, ema_update_
 from .learner import Learner
 from .nonfinite import NonFiniteGuard
@@ -83,7 +83,7 @@ class PostPretrainer:
         if pretrained is not None:
             named["backbone.pretrained"] = str(pretrained) if isinstance(pretrained, Path) else pretrained
         self.config = cfg.with_overrides({**named, **overrides})
-        self.device = _resolve_device(self.config.train.device)
+        self.device = resolve_device(self.config.train.device)
         dist.init_from_environment(self.device)
         torch.manual_seed(self.config.train.seed)
         random.seed(self.config.train.seed)
@@ -685,12 +685,6 @@ def _as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
 def _describe(obj: Any) -> str:
     cls = type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return dist.local_device(name)  # plain "cuda" under torchrun: this process's GPU
 
 
 def _load_prefixed(module: torch.nn.Module, tensors: dict, prefix: str, source: Path) -> None:

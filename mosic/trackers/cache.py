@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from ..data.clips import BadVideoWarning, effective_stride
+from ..data.clips import BadVideoWarning, ClipTooShortError, effective_stride
 from ..data.readers import VideoReadError
 from ..data.source import VideoSource
 from .base import Tracker, Tracks
@@ -152,7 +152,7 @@ def write_track_cache(
                 entries[index] = old
                 continue
             entry = _track_video(source, index, tracker, settings, file, batch_size, device)
-        except (VideoReadError, _TooShort) as error:  # recorded, skipped by training, retried next time
+        except (VideoReadError, ClipTooShortError) as error:  # recorded, skipped by training, retried next time
             reason = getattr(error, "reason", str(error))
             warnings.warn(f"mosic track: skipping {name}: {reason}", BadVideoWarning, stacklevel=2)
             entry = {"name": name, "error": reason}
@@ -186,7 +186,7 @@ def _track_video(source, index, tracker, settings, file: Path, batch_size: int, 
     stride = effective_stride(n, s.num_frames, s.frame_stride)
     starts = clip_starts(n, s.num_frames, s.frame_stride, s.start_step)
     if not starts:
-        raise _TooShort(f"too short: {n} frames, a clip needs {s.num_frames}")
+        raise ClipTooShortError(f"too short: {n} frames, a clip needs {s.num_frames}")
     truth = source.ground_truth(index)
     xy_parts, vis_parts = [], []
     for first in range(0, len(starts), batch_size):
@@ -289,14 +289,6 @@ def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
 
 def _diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: cache {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-
-
-class _TooShort(ValueError):
-    """A video with fewer frames than one clip (no clip start to track)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class TrackCache:

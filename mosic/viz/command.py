@@ -118,12 +118,6 @@ def track_clip(frames, meta=None, tracker: Any = "oracle", grid: int = 16, devic
     return tracks.to("cpu")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def _auto_scale(frames, scale: int | None) -> int:
     if scale is not None:
         if scale < 1:
@@ -142,7 +136,9 @@ def run_viz(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in {', '.join(SUFFIXES)}, got {args.out}")
     frames, meta = read_clip(args.video, args.index, args.num_frames, args.stride, args.start, args.max_size)
     scale = _auto_scale(frames, args.scale)
-    device = _device(args.device)
+    from ..device import resolve_device
+
+    device = str(resolve_device(args.device))
     if args.viz_kind == "tracks":
         from .tracks import draw_tracks
 

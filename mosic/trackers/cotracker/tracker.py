@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from ..base import Tracker, Tracks, register_tracker
+from ...device import resolve_device
 from .blocks import get_points_on_a_grid
 from .cotracker3 import CoTracker3Base, CoTracker3Offline, CoTracker3Online
 from .weights import load_cotracker_weights
@@ -100,8 +101,7 @@ class CoTrackerTrackerBase(Tracker):
         self.snap_queries = bool(snap_queries)
         self.iters = int(iters)
         self.frames_per_chunk = int(frames_per_chunk)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         self.model = self.model.eval().requires_grad_(False)
         self.to(device)
 
