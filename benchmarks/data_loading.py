@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Sampler
 from mosic.data.clips import ClipDataset, collate_clips
 from mosic.data.readers import open_videos
 
-READERS = ("pyav", "decord", "frames")
+READERS = ("pyav", "torchcodec", "decord", "frames")
 
 
 # ----------------------------------------------------------------------------- videos
@@ -156,14 +156,30 @@ class _EpochKeys(Sampler):
 def _open(reader: str, root: Path):
     if reader == "frames":
         return open_videos(root / "JPEGImages")
-    return open_videos(root / "mp4", backend=reader)
+    return open_videos(root / "mp4", backend=reader, decode_timeout=_DECODE_TIMEOUT)
+
+
+_DECODE_TIMEOUT: float | None = None  # set from --decode-timeout
+
+
+def _with_children(pids: list[int]) -> list[int]:
+    """``pids`` and their child processes, recursively (a decode watchdog's child decodes)."""
+    found, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of this process and of ``pids`` (Linux /proc; NaN elsewhere)."""
     own = os.times()
     total = own.user + own.system
-    for pid in pids:
+    for pid in set(_with_children([os.getpid()])[1:]) | set(pids):  # workers and their decoders
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -263,7 +279,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--components-json", default=None, help="benchmarks/components.py --json output")
     parser.add_argument("--dir", default=None, help="write (or reuse) the videos here instead of a temp folder")
     parser.add_argument("--json", default=None, help="also write the figures to this path")
+    parser.add_argument(
+        "--decode-timeout", type=float, default=None,
+        help="decode through the hang watchdog (data.decode_timeout) with this timeout; default: in-process",
+    )
     args = parser.parse_args(argv)
+    global _DECODE_TIMEOUT
+    _DECODE_TIMEOUT = args.decode_timeout
 
     with tempfile.TemporaryDirectory(prefix="mosic-data-loading-") as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)

@@ -84,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("videos", nargs="+", help="folder of videos or frame folders, video files, or a dataset root")
     check.add_argument("--num-frames", type=int, help="frames per clip (default: the config's data.num_frames)")
     check.add_argument("--stride", type=int, help="frames between clip frames (default: the config's data.stride)")
-    check.add_argument("--backend", choices=["auto", "decord", "pyav"], help="video decoder (default: data.backend)")
+    check.add_argument("--backend", choices=["auto", "pyav", "torchcodec", "decord"], help="video decoder (default: data.backend)")
     check.add_argument("--config", help="RunConfig whose data settings to use (default: the paper's)")
     check.add_argument("--full", action="store_true", help="decode every frame, not one clip and the last frame (slow)")
     check.add_argument("--workers", type=int, help="reading threads (default: up to 8)")
@@ -271,7 +271,7 @@ def _track(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     init_from_environment(device)  # under torchrun: every process tracks every world-th video
-    source = open_videos(args.videos, backend=config.data.backend)
+    source = open_videos(args.videos, backend=config.data.backend, decode_timeout=config.data.decode_timeout)
     tracker = TRACKERS.create(name, **kwargs)
     started = time.perf_counter()
     out = write_track_cache(source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress)

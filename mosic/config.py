@@ -158,7 +158,17 @@ class DataConfig(_Section):
         64, ge=1, description="clips per optimisation step over all processes (paper and authors: 64)"
     )
     num_workers: int = Field(4, ge=0)
-    backend: Literal["auto", "decord", "pyav"] = "auto"
+    backend: Literal["auto", "pyav", "torchcodec", "decord"] = Field(
+        "auto",
+        description="video decoder: auto (= pyav), pyav, torchcodec (needs FFmpeg's shared libraries), or decord "
+        "(returns wrong frames on some files: never picked by auto; docs/data.md)",
+    )
+    decode_timeout: float | None = Field(
+        60.0,
+        gt=0,
+        description="seconds one video read may take; past it the decoder process is killed and the video "
+        "skipped like a corrupt one (None: decode in-process, no protection against hung decoders)",
+    )
     skip_bad_videos: bool = Field(
         True,
         description="a video that cannot be read is skipped (one warning, counted, reported at the end) and "

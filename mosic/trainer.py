@@ -162,7 +162,7 @@ class PostPretrainer:
             record = str(videos) if isinstance(videos, (str, Path)) else [str(v) for v in videos]
             self.config = self.config.with_overrides({"data.videos": record})
             data = self.config.data
-        source = open_videos(videos, backend=data.backend)
+        source = open_videos(videos, backend=data.backend, decode_timeout=data.decode_timeout)
         dataset = ClipDataset(
             source,
             data.num_frames,

@@ -16,7 +16,7 @@ import torch
 from bad_videos import CASE_BY_NAME, CASES, IS_ROOT, write_corpus
 
 from mosic.data.clips import BadVideoWarning, ClipDataset, NoUsableVideosError, collate_clips
-from mosic.data.readers import DecordBackend, FrameFolderSource, VideoFileSource, VideoReadError, open_videos
+from mosic.data.readers import FrameFolderSource, VideoFileSource, VideoReadError, available_backends, open_videos
 
 try:
     import decord  # noqa: F401
@@ -24,6 +24,8 @@ try:
     HAS_DECORD = True
 except ImportError:
     HAS_DECORD = False
+HAS_TORCHCODEC = "torchcodec" in available_backends()
+pytestmark = pytest.mark.filterwarnings("ignore::mosic.data.readers.InexactDecoderWarning")
 
 NOISE = re.compile(r"Traceback|Check failed|\[Errno|\.cc:\d|avcodec_|0x[0-9a-f]{6}")
 
@@ -35,11 +37,13 @@ def corpus(tmp_path_factory):
 
 def _params():
     for case in CASES:
-        backends = ["pyav", "decord", "auto"] if case.kind == "file" else ["frames"]
+        backends = ["pyav", "torchcodec", "decord", "auto"] if case.kind == "file" else ["frames"]
         for backend in backends:
             marks = []
             if backend == "decord" and not HAS_DECORD:
                 marks.append(pytest.mark.skip(reason="decord is not installed"))
+            if backend == "torchcodec" and not HAS_TORCHCODEC:
+                marks.append(pytest.mark.skip(reason="torchcodec or FFmpeg's shared libraries are missing"))
             if case.name == "frames_unreadable" and IS_ROOT:
                 marks.append(pytest.mark.skip(reason="running as root: chmod 000 does not stop reads "
                                                      "(frames_corrupt covers unreadable frames)"))
@@ -133,23 +137,27 @@ def test_permission_denied_is_reported_as_such(corpus, monkeypatch):
     assert info.value.reason == "frame 00002.png cannot be read (permission denied)"
 
 
-def test_auto_backend_falls_back_to_pyav_when_decord_fails(corpus, monkeypatch):
-    if not HAS_DECORD:
-        pytest.skip("decord is not installed")
+def test_torchcodec_falls_back_to_pyav_when_it_fails(corpus, monkeypatch):
+    from mosic.data.readers import PyAVBackend, TorchCodecBackend, available_backends
 
-    def broken(self, path, indices):
-        raise VideoReadError(path, "truncated or corrupt: decord failed to decode frames")
+    if "torchcodec" not in available_backends():
+        pytest.skip("torchcodec or FFmpeg's shared libraries are missing")
 
-    monkeypatch.setattr(DecordBackend, "read", broken)
-    auto = VideoFileSource([corpus["good.mp4"]], backend="auto")
-    assert auto.backend.name == "decord"
-    assert auto.read_frames(0, [5]).shape == (1, 48, 64, 3)
-    with pytest.raises(VideoReadError, match="decord failed"):
-        VideoFileSource([corpus["good.mp4"]], backend="decord").read_frames(0, [5])
+    def broken(self, path):
+        raise VideoReadError(path, "truncated or corrupt: torchcodec failed")
+
+    monkeypatch.setattr(TorchCodecBackend, "_decoder", broken)
+    source = VideoFileSource([corpus["good.mp4"]], backend="torchcodec")
+    assert source.num_frames(0) == 24 and source.read_frames(0, [5]).shape == (1, 48, 64, 3)
+    monkeypatch.setattr(PyAVBackend, "read", lambda self, path, indices: (_ for _ in ()).throw(VideoReadError(path, "pyav too")))
+    with pytest.raises(VideoReadError, match="pyav too"):
+        VideoFileSource([corpus["good.mp4"]], backend="torchcodec").read_frames(0, [5])
 
 
 def test_verify_decodes_every_frame(corpus):
-    for backend in ["pyav"] + (["decord"] if HAS_DECORD else []):
+    from mosic.data.readers import available_backends
+
+    for backend in available_backends():
         assert VideoFileSource([corpus["good.mp4"]], backend=backend).verify(0) == 24
         with pytest.raises(VideoReadError, match="truncated or corrupt"):
             VideoFileSource([corpus["corrupt.mp4"]], backend=backend).verify(0)

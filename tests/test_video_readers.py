@@ -20,19 +20,19 @@ from mosic.data.readers import (
     FrameFolderSource,
     VideoFileSource,
     VideoReadError,
+    available_backends,
     open_videos,
 )
 from mosic.data.source import VideoSource
 
-try:
-    import decord  # noqa: F401
-
-    HAS_DECORD = True
-except ImportError:
-    HAS_DECORD = False
+pytestmark = pytest.mark.filterwarnings("ignore::mosic.data.readers.InexactDecoderWarning")
+USABLE = available_backends()
+HAS_DECORD = "decord" in USABLE
+HAS_TORCHCODEC = "torchcodec" in USABLE
 
 BACKENDS = [
     "pyav",
+    pytest.param("torchcodec", marks=pytest.mark.skipif(not HAS_TORCHCODEC, reason="torchcodec or FFmpeg's libraries missing")),
     pytest.param("decord", marks=pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed")),
 ]
 N, W, H, FPS = 20, 64, 48, 10
@@ -164,21 +164,24 @@ def test_pyav_seeks_only_where_timestamps_are_trustworthy(videos):
         assert (str(videos[fmt]) not in source.backend._sequential) == seeks, fmt
 
 
-@pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed")
+@pytest.mark.parametrize("other", BACKENDS[1:])
 @pytest.mark.parametrize("fmt", list(FORMATS) + ["vfr"])
-def test_backends_agree(videos, fmt):
-    if fmt == "avi-h264-bframes":
+def test_backends_agree(videos, fmt, other):
+    if other == "decord" and fmt == "avi-h264-bframes":
         pytest.xfail("decord 0.6 returns wrong frames on random access into AVI files with B-frames")
     ks = [4, 0, 13, 19, 7]
     by_pyav = VideoFileSource([videos[fmt]], backend="pyav").read_frames(0, ks)
-    by_decord = VideoFileSource([videos[fmt]], backend="decord").read_frames(0, ks)
-    assert np.abs(by_pyav.astype(int) - by_decord.astype(int)).max() <= 3
+    by_other = VideoFileSource([videos[fmt]], backend=other).read_frames(0, ks)
+    assert np.abs(by_pyav.astype(int) - by_other.astype(int)).max() <= 3
 
 
-def test_auto_backend_picks_decord_when_installed(videos, monkeypatch):
-    assert VideoFileSource([videos["mp4-h264"]]).backend.name == ("decord" if HAS_DECORD else "pyav")
-    monkeypatch.setitem(sys.modules, "decord", None)  # as on macOS arm64: import decord fails
+def test_auto_backend_is_exact_and_never_decord(videos, monkeypatch):
     assert VideoFileSource([videos["mp4-h264"]]).backend.name == "pyav"
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # torchcodec missing (or its FFmpeg libraries)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    with pytest.raises(ImportError, match="backend='pyav'"):
+        VideoFileSource([videos["mp4-h264"]], backend="torchcodec")
+    monkeypatch.setitem(sys.modules, "decord", None)  # as on macOS arm64: import decord fails
     with pytest.raises(ImportError, match="backend='pyav'"):
         VideoFileSource([videos["mp4-h264"]], backend="decord")
 
@@ -397,7 +400,7 @@ def test_open_videos_errors(tmp_path, videos):
     assert open_videos(tmp_path / "clip.xyz", backend="pyav", extensions=["XYZ"]).num_frames(0) == N
 
 
-def test_auto_reads_avi_with_pyav_because_decord_gets_b_frames_wrong(videos):
+def test_auto_reads_avi_with_b_frames_exactly(videos):
     source = VideoFileSource([videos["avi-h264-bframes"]], backend="auto")
     ks = [17, 2, 9, 9, 19, 0, 2, 13, 12]
     assert_frames(source.read_frames(0, ks), ks)

@@ -140,7 +140,7 @@ def run_check_data(args) -> int:
     num_frames = args.num_frames or config.data.num_frames
     stride = args.stride or config.data.stride
     videos = args.videos[0] if len(args.videos) == 1 else list(args.videos)
-    source = open_videos(videos, backend=args.backend or config.data.backend)
+    source = open_videos(videos, backend=args.backend or config.data.backend, decode_timeout=config.data.decode_timeout)
     show_progress = sys.stderr.isatty() and len(source) > 1
     bar = None
     if show_progress:

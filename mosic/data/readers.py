@@ -1,6 +1,8 @@
 """Video sources on disk: video files, folders of frames, and whatever mix users pass.
 
-:class:`VideoFileSource` decodes video files with decord or PyAV, :class:`FrameFolderSource`
+:class:`VideoFileSource` decodes video files with PyAV, torchcodec or decord (frame k is always
+the k-th frame that decodes; only PyAV and torchcodec are exact on every file of the
+decode-accuracy corpus, :mod:`mosic.data.stamped`, so ``auto`` never picks decord), :class:`FrameFolderSource`
 reads folders of JPEG/PNG frames (YouTube-VOS / DAVIS ``JPEGImages``), :class:`ConcatSource`
 chains sources, and :func:`open_videos` turns a path, a folder, a dataset root or a list of
 those into one :class:`~mosic.data.source.VideoSource`.
@@ -12,8 +14,10 @@ the process that reads and never travel in pickled state (nor survive a fork).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import re
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,13 +27,13 @@ from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .source import GroundTruth, VideoSource
+from .source import GroundTruth, VideoSource, decoder_name
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp",
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-BACKENDS = ("auto", "decord", "pyav")
+BACKENDS = ("auto", "pyav", "torchcodec", "decord")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -375,6 +379,29 @@ class PyAVBackend:
         keyframes = np.union1d([0], np.flatnonzero(np.asarray(key, bool)[order])).astype(np.int64)
         return _PacketIndex(sorted_pts, np.asarray(seek_ts, np.int64)[order], keyframes), packets
 
+    def _index(self, path: str, container, stream) -> tuple[_PacketIndex | None, int]:
+        """The packet index of the frames that decode: :meth:`_demux`'s, less the frames before
+        the first one the decoder outputs (a file whose first packets reference frames it
+        does not hold, e.g. one cut out of a longer stream, starts decoding at a later
+        keyframe; output is in presentation order, so nothing before that frame ever comes)."""
+        index, packets = self._demux(container, stream)
+        if index is None:
+            return None, packets
+        first = None
+        with self._container(path) as (fresh, fresh_stream):
+            for first in self._frames(path, fresh, fresh_stream):
+                break
+        if first is None or first.pts is None:
+            return None, packets
+        if first.pts == index.pts[0]:
+            return index, packets
+        keep = index.pts >= first.pts
+        if not keep.any() or index.frame_of(first.pts) < 0:
+            return None, packets
+        offset = int(np.argmax(keep))
+        keyframes = np.union1d([0], index.keyframes[index.keyframes >= offset] - offset).astype(np.int64)
+        return _PacketIndex(index.pts[keep], index.seek_ts[keep], keyframes), packets
+
     def _count_decoded(self, path: str, expected: int | None = None) -> int:
         with self._container(path) as (container, stream):
             return sum(1 for _ in self._frames(path, container, stream, expected))
@@ -395,7 +422,7 @@ class PyAVBackend:
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
             header_count = stream.frames
-            index, packets = self._demux(container, stream)
+            index, packets = self._index(path, container, stream)
             mp4 = any(name in container.format.name.split(",") for name in ("mov", "mp4"))
         if index is not None and header_count in (0, len(index.pts)):
             self._remember(path, index)
@@ -418,7 +445,7 @@ class PyAVBackend:
             index = self._indexes.get(path)
             if index is None:
                 with self._container(path) as (container, stream):
-                    index, _ = self._demux(container, stream)
+                    index, _ = self._index(path, container, stream)
             if index is not None:
                 self._remember(path, index)
                 frames = self._read_seeking(path, index, indices)
@@ -494,21 +521,137 @@ def _rgb(frame, stream) -> np.ndarray:
     return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
 
 
-def make_backend(name: str = "auto") -> DecordBackend | PyAVBackend:
-    """A decoding backend: "decord", "pyav", or "auto" (decord when importable, else PyAV)."""
+class TorchCodecBackend:
+    """Decodes with torchcodec (PyTorch's decoder, ``seek_mode="exact"``: a scan of the file's
+    packets indexes every frame, then reads seek to the keyframe before each frame).
+
+    torchcodec numbers packets, not decoded frames, and trusts the container's timestamps. On
+    the decode-accuracy corpus that is wrong in two cases, which this backend therefore hands
+    to :class:`PyAVBackend`: AVI files with B-frames (torchcodec returns frame k - 1) and
+    files whose first packets do not decode (it counts frames that never come out). So files
+    go to torchcodec only when PyAV's packet scan finds trustworthy timestamps (not AVI), a
+    first packet that is a keyframe, and torchcodec's frame count equals the packets'.
+    torchcodec needs FFmpeg's shared libraries (4 to 9) on the system.
+    """
+
+    name = "torchcodec"
+
+    def __init__(self) -> None:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401 - fails early when unusable
+
+        self._pyav = PyAVBackend()
+        self._delegated: set[str] = set()  # files read by PyAV instead; plain data, pickled
+
+    def __getstate__(self) -> dict:
+        return {"pyav": self._pyav, "delegated": self._delegated}
+
+    def __setstate__(self, state: dict) -> None:
+        self._pyav, self._delegated = state["pyav"], state["delegated"]
+
+    def _decoder(self, path: str):
+        from torchcodec.decoders import VideoDecoder
+
+        try:
+            return VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", device="cpu")
+        except (RuntimeError, ValueError) as error:
+            raise VideoReadError(path, _diagnose(path, _short_error(error))) from error
+
+    def _trusted(self, path: str) -> bool:
+        """Whether torchcodec's frame k is the k-th decoded frame of ``path`` (see the class doc)."""
+        if path.lower().endswith(".avi"):
+            return False
+        with self._pyav._container(path) as (container, stream):
+            first = next(iter(p for p in container.demux(stream) if p.size), None)
+        with self._pyav._container(path) as (container, stream):
+            index, _ = self._pyav._index(path, container, stream)
+        if first is None or not first.is_keyframe or index is None:
+            return False
+        return self._decoder(path).metadata.num_frames == len(index.pts)
+
+    def probe(self, path: str) -> tuple[int, float | None]:
+        """(number of frames, fps or None)."""
+        try:
+            if path not in self._delegated and self._trusted(path):
+                metadata = self._decoder(path).metadata
+                fps = metadata.average_fps
+                return int(metadata.num_frames), float(fps) if fps else None
+        except VideoReadError:
+            pass  # PyAV's reason, if it fails too, is the one raised
+        self._delegated.add(path)
+        return self._pyav.probe(path)
+
+    def read(self, path: str, indices: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 RGB frames at sorted unique in-range ``indices`` (T,); a file
+        torchcodec cannot decode is read by PyAV, whose error, if it fails too, is raised."""
+        if path not in self._delegated:
+            try:
+                frames = self._decoder(path).get_frames_at(indices.tolist()).data.numpy()
+            except (VideoReadError, RuntimeError, IndexError):
+                pass
+            else:
+                if frames.ndim == 4 and frames.shape[-1] == 3 and len(frames) == len(indices):
+                    return frames
+        return self._pyav.read(path, indices)
+
+    def verify(self, path: str) -> int:
+        """Decode every frame (slow); the number of frames. Raises :class:`VideoReadError`."""
+        return self._pyav.verify(path)
+
+
+def make_backend(name: str = "auto") -> DecordBackend | PyAVBackend | TorchCodecBackend:
+    """A decoding backend: "pyav", "torchcodec", "decord", or "auto" (PyAV).
+
+    PyAV and torchcodec are exact on every file of the decode-accuracy corpus
+    (:mod:`mosic.data.stamped`; torchcodec hands AVI files and files with undecodable first
+    packets to PyAV) and decode 480p H.264 clips at about the same CPU cost, so ``auto`` is
+    PyAV, which needs nothing beyond its wheel; torchcodec also needs FFmpeg's shared
+    libraries (4 to 9). decord returns wrong frames on random access into open-GOP H.264,
+    AVI with B-frames and files whose first packets do not decode, so it is used only when
+    asked for, with a warning. docs/data.md has the table.
+    """
     if name not in BACKENDS:
         raise ValueError(f"unknown video backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "pyav":
+    if name in ("auto", "pyav"):
         return PyAVBackend()
+    if name == "torchcodec":
+        try:
+            return TorchCodecBackend()
+        except (ImportError, RuntimeError, OSError) as error:
+            raise ImportError(
+                "backend='torchcodec' needs the torchcodec package (pip install torchcodec) and FFmpeg's "
+                f"shared libraries, versions 4 to 9 (e.g. apt-get install ffmpeg); or use backend='pyav' ({_short_error(error)})"
+            ) from error
     try:
-        return DecordBackend()
+        backend = DecordBackend()
     except ImportError as error:
-        if name == "auto":
-            return PyAVBackend()
         raise ImportError(
             "backend='decord' needs the decord package (pip install decord; it has no wheels for "
             "macOS arm64), or use backend='pyav'"
         ) from error
+    warnings.warn(
+        "backend='decord' returns wrong frames on random access into some files (open-GOP H.264, AVI "
+        "with B-frames, files whose first packets do not decode; dmlc/decord #54 #195 #365): the tracks "
+        "may not belong to the frames trained on. backend='pyav' or 'torchcodec' are exact",
+        InexactDecoderWarning,
+        stacklevel=3,
+    )
+    return backend
+
+
+def available_backends() -> list[str]:
+    """The backends that load here ("pyav" always; "torchcodec" with its FFmpeg libraries; "decord")."""
+    usable = []
+    for name, cls in (("pyav", PyAVBackend), ("torchcodec", TorchCodecBackend), ("decord", DecordBackend)):
+        try:
+            cls()
+        except (ImportError, RuntimeError, OSError):
+            continue
+        usable.append(name)
+    return usable
+
+
+class InexactDecoderWarning(UserWarning):
+    """The chosen video decoder is known to return wrong frames on some files."""
 
 
 # ----------------------------------------------------------------------------- sources
@@ -517,12 +660,17 @@ def make_backend(name: str = "auto") -> DecordBackend | PyAVBackend:
 class VideoFileSource:
     """Video files (mp4, avi, mkv, webm, mov, ...), in the order given.
 
+    Frame k of a file is the k-th frame that decodes, whatever the backend, and
+    ``num_frames`` counts the frames that really decode (not what the container's header says).
+
     Args:
         paths: the video files; ``video_name`` is the path as given.
-        backend: "decord", "pyav" or "auto" (decord when importable, else PyAV; AVI
-            files always go to PyAV under "auto", because decord 0.6 returns wrong
-            frames on random access into AVIs with B-frames; a file decord cannot open or
-            decode is given to PyAV, whose error, if it fails too, is the one raised).
+        backend: "auto" (= "pyav"), "pyav", "torchcodec" or "decord"; see :func:`make_backend`.
+        decode_timeout: seconds one probe or read may take; past it the decoder (run in a
+            child process, see :mod:`mosic.data.watchdog`) is killed and
+            :class:`~mosic.data.watchdog.DecodeTimeoutError` (a VideoReadError) raised, so a
+            hung decoder skips a video instead of stopping a run. None decodes in-process
+            (no hang protection, no per-call hand-over).
 
     Files that cannot be opened or decoded raise :class:`VideoReadError` with a reason
     ("empty file (0 bytes)", "not a video file (...)", "truncated or corrupt: ...", "it has
@@ -530,7 +678,7 @@ class VideoFileSource:
     back as 8-bit RGB.
     """
 
-    def __init__(self, paths: Iterable[PathLike], backend: str = "auto"):
+    def __init__(self, paths: Iterable[PathLike], backend: str = "auto", decode_timeout: float | None = None):
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise ValueError("VideoFileSource needs at least one video file")
@@ -539,23 +687,40 @@ class VideoFileSource:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FileNotFoundError(f"video file does not exist: {missing[0]}{more}")
         self.backend = make_backend(backend)
-        self._avi_backend = PyAVBackend() if backend == "auto" else self.backend
-        auto_decord = backend == "auto" and self.backend.name == "decord"
-        self._fallback = self._avi_backend if auto_decord else None
+        self.decode_timeout = decode_timeout
+        self._watchdog = None
+        if decode_timeout is not None:
+            from .watchdog import DecodeWatchdog
+
+            self._watchdog = DecodeWatchdog(self.backend, decode_timeout)
         self._info: list[tuple[int, float | None] | None] = [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _call(self, index: int, method: str, *args):
-        """``backend.method(path, *args)``, retried with PyAV when decord fails under "auto"."""
-        backend = self._backend_for(index)
+    def _call(self, index: int, method: str, *args, timeout: float | None = None):
+        """``backend.method(path, *args)``, through the watchdog when there is one."""
+        if self._watchdog is None:
+            return getattr(self.backend, method)(self.paths[index], *args)
+        return self._watchdog.call(method, self.paths[index], *args, timeout=timeout)
+
+    def decoder_name(self, index: int) -> str:
+        """The backend that reads video ``index``."""
+        return self.backend.name
+
+    def content_fingerprint(self, index: int) -> str:
+        """sha256 of the file's size and bytes: what the track cache checks a video by (it does
+        not depend on how, or in what order, anything was decoded)."""
+        path = self.paths[index]
         try:
-            return getattr(backend, method)(self.paths[index], *args)
-        except VideoReadError:
-            if self._fallback is None or backend is self._fallback:
-                raise
-        return getattr(self._fallback, method)(self.paths[index], *args)
+            size = os.path.getsize(path)
+            h = hashlib.sha256(f"{size}|".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as error:
+            raise VideoReadError(path, f"the file cannot be read ({_os_error(error)})") from error
+        return h.hexdigest()
 
     def _probe(self, index: int) -> tuple[int, float | None]:
         if self._info[index] is None:
@@ -584,13 +749,11 @@ class VideoFileSource:
         """Decode every frame of video ``index`` (slow: ``mosic check-data --full``); its frame
         count. Raises :class:`VideoReadError` when any frame fails."""
         expected = self.num_frames(index)
-        count = self._call(index, "verify")
+        timeout = None if self.decode_timeout is None else self.decode_timeout * max(1.0, expected / 16)
+        count = self._call(index, "verify", timeout=timeout)
         if count < expected:
             raise VideoReadError(self.paths[index], f"truncated or corrupt: only {count} of {expected} frames decode")
         return count
-
-    def _backend_for(self, index: int) -> DecordBackend | PyAVBackend:
-        return self._avi_backend if self.paths[index].lower().endswith(".avi") else self.backend
 
     def ground_truth(self, index: int) -> GroundTruth | None:
         return None
@@ -684,6 +847,9 @@ class FrameFolderSource:
     def ground_truth(self, index: int) -> GroundTruth | None:
         return None
 
+    def decoder_name(self, index: int) -> str:
+        return "frames"
+
 
 def _os_error(error: OSError) -> str:
     """"permission denied", "input/output error", ...: an OS error without errno and path."""
@@ -767,6 +933,16 @@ class ConcatSource:
         source, i = self._locate(index)
         return verify_video(source, i)
 
+    def content_fingerprint(self, index: int) -> str | None:
+        """The part source's content fingerprint of video ``index``; None when it has none."""
+        source, i = self._locate(index)
+        fingerprint = getattr(source, "content_fingerprint", None)
+        return fingerprint(i) if callable(fingerprint) else None
+
+    def decoder_name(self, index: int) -> str:
+        source, i = self._locate(index)
+        return decoder_name(source, i)
+
     def ground_truth(self, index: int) -> GroundTruth | None:
         source, i = self._locate(index)
         return source.ground_truth(i)
@@ -846,6 +1022,7 @@ def open_videos(
     videos: PathLike | VideoSource | Sequence[PathLike | VideoSource],
     backend: str = "auto",
     extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    decode_timeout: float | None = None,
 ) -> VideoSource:
     """One :class:`VideoSource` for what a user passes.
 
@@ -857,6 +1034,8 @@ def open_videos(
             line); or a list of any of these, concatenated in order.
         backend: video decoder for files, see :func:`make_backend`.
         extensions: video file suffixes accepted (case-insensitive).
+        decode_timeout: seconds a video file's probe or read may take before it is abandoned
+            (see :class:`VideoFileSource`); None decodes in-process without a time limit.
     Returns:
         A VideoFileSource, a FrameFolderSource, or a ConcatSource of several.
     """
@@ -893,7 +1072,7 @@ def open_videos(
     for kind, group in groupby(items, key=lambda item: item[0] if isinstance(item, tuple) else "source"):
         group = list(group)
         if kind == "file":
-            sources.append(VideoFileSource([p for _, p in group], backend))
+            sources.append(VideoFileSource([p for _, p in group], backend, decode_timeout=decode_timeout))
         elif kind == "frames":
             sources.append(FrameFolderSource([p for _, p in group]))
         else:

@@ -67,3 +67,10 @@ class VideoSource(Protocol):
     def ground_truth(self, index: int) -> GroundTruth | None:
         """Annotations, or None for real videos."""
         ...
+
+
+def decoder_name(source: VideoSource, index: int) -> str:
+    """The decoder that reads video ``index`` of ``source`` ("pyav", "torchcodec", "decord",
+    "frames"; the source's class name for sources that do not say); provenance for caches."""
+    name = getattr(source, "decoder_name", None)
+    return name(index) if callable(name) else type(source).__name__

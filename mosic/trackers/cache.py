@@ -11,7 +11,7 @@ frame-0 position is outside it, is invisible.
 
 Layout::
 
-    CACHE/manifest.json           settings, provenance, one entry per video (fingerprint, sha256)
+    CACHE/manifest.json           settings, provenance, one entry per video (fingerprint, decoder, sha256)
     CACHE/tracks/000000.safetensors   xy (S, T, N, 2) float32 source pixels,
                                       visible (S, T, N) uint8, starts (S,) int64
 
@@ -38,10 +38,10 @@ import torch
 from .. import distributed as dist
 from ..data.clips import BadVideoWarning, ClipTooShortError, effective_stride
 from ..data.readers import VideoReadError
-from ..data.source import VideoSource
+from ..data.source import VideoSource, decoder_name
 from .base import Tracker, Tracks
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: video files are fingerprinted by their bytes, entries record the decoder
 MANIFEST = "manifest.json"
 PART_MANIFESTS = "manifest.part-*.json"  # one per process of a `torchrun ... mosic track`, merged at the end
 
@@ -76,10 +76,22 @@ def clip_starts(num_available: int, num_frames: int, stride: int, start_step: in
 
 
 def video_fingerprint(source: VideoSource, index: int) -> str:
-    """sha256 of the video's name, frame count and the pixels of its first and last frames."""
+    """sha256 of the video's name, frame count and content.
+
+    The content is the file's bytes where the source can hash them (video files: see
+    :meth:`~mosic.data.readers.VideoFileSource.content_fingerprint`), so the fingerprint does not
+    depend on which decoder read the video or what it decoded before; else the pixels of the
+    first and last frames (frame folders and synthetic videos, whose reads are deterministic).
+    """
     n = source.num_frames(index)
+    h = hashlib.sha256(f"{source.video_name(index)}|{n}".encode())
+    content = getattr(source, "content_fingerprint", None)
+    digest = content(index) if callable(content) else None
+    if digest is not None:
+        h.update(f"|file:{digest}".encode())
+        return h.hexdigest()
     frames = np.ascontiguousarray(source.read_frames(index, [0, n - 1]))
-    h = hashlib.sha256(f"{source.video_name(index)}|{n}|{frames.shape}".encode())
+    h.update(f"|{frames.shape}".encode())
     h.update(frames.tobytes())
     return h.hexdigest()
 
@@ -157,7 +169,7 @@ def write_track_cache(
             warnings.warn(f"mosic track: skipping {name}: {reason}", BadVideoWarning, stacklevel=2)
             entry = {"name": name, "error": reason}
         else:
-            entry.update(name=name, fingerprint=fingerprint)
+            entry.update(name=name, fingerprint=fingerprint, decoder=decoder_name(source, index))
         entries[index] = entry
         _write_manifest(out, settings, [entries[i] for i in sorted(entries)], complete=False, name=manifest_name)
         if on_video is not None:
@@ -249,7 +261,9 @@ def _read_manifest(out: Path, name: str = MANIFEST) -> dict[str, Any]:
     return manifest
 
 
-_ENTRY_KEYS = {"name": str, "file": str, "sha256": str, "fingerprint": str, "num_frames": int, "stride": int, "starts": list}
+_ENTRY_KEYS = {
+    "name": str, "file": str, "sha256": str, "fingerprint": str, "decoder": str, "num_frames": int, "stride": int, "starts": list,
+}
 
 
 def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
