@@ -72,6 +72,15 @@ def _check_indices(frame_indices: Sequence[int], num_frames: int, name: str) -> 
     return idx.astype(np.int64)
 
 
+def file_sha256(path: PathLike) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _short_error(error: Exception) -> str:
     """First line of a backend error, without decord's ``[hh:mm:ss] file.cc:123:`` prefixes."""
     lines = str(error).strip().splitlines()
@@ -529,8 +538,8 @@ class TorchCodecBackend:
     the decode-accuracy corpus that is wrong in two cases, which this backend therefore hands
     to :class:`PyAVBackend`: AVI files with B-frames (torchcodec returns frame k - 1) and
     files whose first packets do not decode (it counts frames that never come out). So files
-    go to torchcodec only when PyAV's packet scan finds trustworthy timestamps (not AVI), a
-    first packet that is a keyframe, and torchcodec's frame count equals the packets'.
+    go to torchcodec only when they are not AVI, PyAV's index of their decodable frames has
+    trustworthy timestamps, and torchcodec counts the same number of frames.
     torchcodec needs FFmpeg's shared libraries (4 to 9) on the system.
     """
 
@@ -561,12 +570,8 @@ class TorchCodecBackend:
         if path.lower().endswith(".avi"):
             return False
         with self._pyav._container(path) as (container, stream):
-            first = next(iter(p for p in container.demux(stream) if p.size), None)
-        with self._pyav._container(path) as (container, stream):
-            index, _ = self._pyav._index(path, container, stream)
-        if first is None or not first.is_keyframe or index is None:
-            return False
-        return self._decoder(path).metadata.num_frames == len(index.pts)
+            index, _ = self._pyav._index(path, container, stream)  # decodable frames only
+        return index is not None and self._decoder(path).metadata.num_frames == len(index.pts)
 
     def probe(self, path: str) -> tuple[int, float | None]:
         """(number of frames, fps or None)."""
@@ -713,14 +718,9 @@ class VideoFileSource:
         not depend on how, or in what order, anything was decoded)."""
         path = self.paths[index]
         try:
-            size = os.path.getsize(path)
-            h = hashlib.sha256(f"{size}|".encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            return hashlib.sha256(f"{os.path.getsize(path)}|{file_sha256(path)}".encode()).hexdigest()
         except OSError as error:
             raise VideoReadError(path, f"the file cannot be read ({_os_error(error)})") from error
-        return h.hexdigest()
 
     def _probe(self, index: int) -> tuple[int, float | None]:
         if self._info[index] is None:

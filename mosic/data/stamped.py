@@ -25,14 +25,13 @@ _ROWS = 2 * BITS // _COLS
 _BAND = 0.5  # the stamp fills the top half of the frame
 
 
-def _cell(row: int, col: int, height: int, width: int) -> tuple[slice, slice]:
-    """Pixel rows/cols of stamp cell (row, col), shrunk by a quarter on each side (ignores edges)."""
+def _cell(row: int, col: int, height: int, width: int, margin: float = 0.0) -> tuple[slice, slice]:
+    """Pixel rows/cols of stamp cell (row, col); ``margin`` (a fraction of the cell) is left out
+    on each side, so that reading ignores edges blurred by compression or resizing."""
     ch, cw = height * _BAND / _ROWS, width / _COLS
-    y0, y1 = (row + 0.25) * ch, (row + 0.75) * ch
-    x0, x1 = (col + 0.25) * cw, (col + 0.75) * cw
-    return slice(int(round(y0)), max(int(round(y1)), int(round(y0)) + 1)), slice(
-        int(round(x0)), max(int(round(x1)), int(round(x0)) + 1)
-    )
+    y0, y1 = int(round((row + margin) * ch)), int(round((row + 1 - margin) * ch))
+    x0, x1 = int(round((col + margin) * cw)), int(round((col + 1 - margin) * cw))
+    return slice(y0, max(y1, y0 + 1)), slice(x0, max(x1, x0 + 1))
 
 
 def stamped_frame(index: int, height: int = 96, width: int = 160) -> np.ndarray:
@@ -50,14 +49,9 @@ def stamped_frame(index: int, height: int = 96, width: int = 160) -> np.ndarray:
         value = (index >> bit) & 1
         for offset, shade in ((0, value), (1, 1 - value)):
             cell = 2 * bit + offset
-            rows, cols = _cell_full(cell // _COLS, cell % _COLS, height, width)
+            rows, cols = _cell(cell // _COLS, cell % _COLS, height, width)
             frame[rows, cols] = 235 if shade else 20
     return frame
-
-
-def _cell_full(row: int, col: int, height: int, width: int) -> tuple[slice, slice]:
-    ch, cw = height * _BAND / _ROWS, width / _COLS
-    return slice(int(round(row * ch)), int(round((row + 1) * ch))), slice(int(round(col * cw)), int(round((col + 1) * cw)))
 
 
 def read_stamp(frame: np.ndarray) -> int:
@@ -73,7 +67,7 @@ def read_stamp(frame: np.ndarray) -> int:
         levels = []
         for offset in (0, 1):
             cell = 2 * bit + offset
-            rows, cols = _cell(cell // _COLS, cell % _COLS, height, width)
+            rows, cols = _cell(cell // _COLS, cell % _COLS, height, width, margin=0.25)
             levels.append(float(gray[rows, cols].mean()))
         if abs(levels[0] - levels[1]) < 60:
             return -1

@@ -37,7 +37,7 @@ import torch
 
 from .. import distributed as dist
 from ..data.clips import BadVideoWarning, ClipTooShortError, effective_stride
-from ..data.readers import VideoReadError
+from ..data.readers import VideoReadError, file_sha256
 from ..data.source import VideoSource, decoder_name
 from .base import Tracker, Tracks
 
@@ -100,15 +100,9 @@ def weights_digest(path: str | os.PathLike | None) -> str:
     """sha256 of a weights file (what a cache records of the tracker's weights)."""
     if path is None:
         return "none"
-    return _file_sha256(Path(path))
+    return file_sha256(Path(path))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_track_cache(
@@ -160,7 +154,7 @@ def write_track_cache(
         try:
             fingerprint = video_fingerprint(source, index)
             old = known.get(name)
-            if old and old.get("fingerprint") == fingerprint and file.is_file() and _file_sha256(file) == old["sha256"]:
+            if old and old.get("fingerprint") == fingerprint and file.is_file() and file_sha256(file) == old["sha256"]:
                 entries[index] = old
                 continue
             entry = _track_video(source, index, tracker, settings, file, batch_size, device)
@@ -224,7 +218,7 @@ def _track_video(source, index, tracker, settings, file: Path, batch_size: int, 
     tmp = file.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"video": name, "stride": str(stride)})
     os.replace(tmp, file)
-    return {"file": f"tracks/{file.name}", "sha256": _file_sha256(file), "num_frames": n, "stride": stride, "starts": starts}
+    return {"file": f"tracks/{file.name}", "sha256": file_sha256(file), "num_frames": n, "stride": stride, "starts": starts}
 
 
 def _write_manifest(
@@ -378,7 +372,7 @@ class TrackCache:
                     f"{file} (tracks of {entry['name']!r}) is missing from the track cache at {self.path}; "
                     "run the same `mosic track` again to restore it"
                 )
-            digest = _file_sha256(file)
+            digest = file_sha256(file)
             if digest != entry["sha256"]:
                 raise StaleCacheError(
                     f"{file} does not match its checksum in the manifest (corrupt or replaced): sha256 "
