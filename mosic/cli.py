@@ -122,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         NoUsableVideosError, VideoReadError, NonFiniteLossError,
     )
     try:
-        return _run(args)
+        code = _run(args)
     except user_errors as exc:  # user errors: a message, not a traceback
         print(f"mosic {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    from .distributed import shutdown
+
+    shutdown()  # under torchrun: every rank finishes, then the process group goes
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -57,7 +58,24 @@ def init_from_environment(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    # A process group left alive at interpreter exit lets gloo's worker threads be torn
+    # down by static destructors ("terminate called without an active exception",
+    # SIGABRT) after a run that finished: destroy it first.
+    atexit.register(shutdown, wait=False)
     return True
+
+
+def shutdown(wait: bool = True) -> None:
+    """Tear down the default process group (no-op when there is none).
+
+    ``wait`` first waits for every process (a barrier), so no rank leaves while another
+    still talks to it; the exit hook passes False, since a rank that crashed never comes.
+    """
+    if not is_distributed():
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_gather_object(obj):

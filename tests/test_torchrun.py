@@ -105,3 +105,16 @@ def test_torchrun_tracks_a_cache_in_parallel_like_one_process(tmp_path):
             assert a.metadata() == b.metadata() and a.keys() == b.keys()
             for key in a.keys():
                 assert torch.equal(a.get_tensor(key), b.get_tensor(key)), (entry["name"], key)
+
+
+def test_shutdown_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as tdist
+
+    from mosic import distributed
+
+    distributed.shutdown()  # nothing to tear down
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert distributed.is_distributed()
+    distributed.shutdown()  # the CLI's exit path: barrier, then destroy (gloo must not outlive the run)
+    assert not distributed.is_distributed()
+    distributed.shutdown()
