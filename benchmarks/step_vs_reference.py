@@ -11,7 +11,9 @@ reference notes, section 1), with the gather bug fixed (it reads (x, y) correctl
   more; this keeps the reference's cost a lower bound);
 * plain-exp Sinkhorn over all points of all frames, fp32;
 * cross-entropy of the student's frame-0 scores against the teacher's argmax, weighted
-  by visibility, divided by all entries; AdamW; EMA in a Python loop over all parameters.
+  by visibility, divided by all entries; AdamW; EMA in a Python loop over the parameters
+  (the teacher holds the student's frozen tensors itself, so those are skipped: multiplying
+  them by the momentum would shrink the frozen weights of both networks every step).
 
 mosic's step is ``PostPretrainer.train_step`` on the same batch with cached tracks (the
 track cache), no token masking for both (the authors' train.sh). Learned trackers and
@@ -35,7 +37,7 @@ import mosic
 from mosic.data.clips import ClipDataset, collate_clips
 from mosic.data.synthetic import SyntheticVideos
 from mosic.sinkhorn import plain_sinkhorn
-from mosic.trackers.base import query_grid
+from mosic.tracks import query_grid
 
 
 def reference_step(trainer: mosic.PostPretrainer, frames: torch.Tensor, tracks: mosic.Tracks | None, tracker) -> float:
@@ -70,9 +72,12 @@ def reference_step(trainer: mosic.PostPretrainer, frames: torch.Tensor, tracks: 
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()
-    with torch.no_grad():  # EMA over every parameter, one at a time
-        for p_t, p_s in zip(teacher.parameters(), student.parameters()):
-            p_t.mul_(0.99).add_(p_s.detach(), alpha=0.01)
+    momentum = trainer.config.train.ema_momentum
+    with torch.no_grad():  # EMA in a Python loop, one parameter at a time
+        for (name, p_t), (_, p_s) in zip(teacher.named_parameters(), student.named_parameters()):
+            if p_t is p_s:  # a frozen tensor the teacher shares with the student: EMA(x, x) = x
+                continue
+            p_t.mul_(momentum).add_(p_s.detach(), alpha=1 - momentum)
     objective.prototypes.normalize_()
     return float(loss.detach())
 

@@ -25,7 +25,8 @@ import torch
 
 import mosic
 from mosic.data.synthetic import SyntheticVideos
-from mosic.trackers.base import TRACKERS, query_grid
+from mosic.trackers.base import TRACKERS
+from mosic.tracks import query_grid
 
 DEFAULT = ["lk", "raft-small", "raft", "cotracker3", "cotracker3-online", "cotracker2"]
 

@@ -7,7 +7,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
-from .config import RunConfig
+from .config import RunConfig, parse_key_values
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -197,21 +197,6 @@ def _run(args: argparse.Namespace) -> int:
     return 2
 
 
-def _key_values(items: list[str], what: str) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"{what} must look like key=value, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{what} {item!r}: the value is not valid YAML ({exc.problem or exc})") from None
-    return out
-
-
 def _eval(args: argparse.Namespace) -> int:
     from .eval.report import compare_reports, format_markdown, read_report
 
@@ -225,7 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    backbone_kwargs = _key_values(args.backbone_arg, "--backbone-arg")
+    backbone_kwargs = parse_key_values(args.backbone_arg, "--backbone-arg")
     torch.manual_seed(args.seed)  # a randomly initialised backbone is the same on every run
     label = f"{args.backbone} ({args.model})" if Path(args.backbone).is_dir() else args.backbone
     report = run_protocol(
@@ -239,7 +224,7 @@ def _eval(args: argparse.Namespace) -> int:
         backbone_kwargs=backbone_kwargs,
         device=args.device,
         label=label,
-        **_key_values(args.options, "--set"),
+        **parse_key_values(args.options, "--set"),
     )
     print(format_markdown(report), end="")
     if args.out:

@@ -466,3 +466,19 @@ def _format_errors(exc: ValidationError) -> str:
             line += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
         lines.append(line)
     return "\n".join(lines)
+
+
+def parse_key_values(items: list[str], what: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: YAML value of v}`` (command-line ``--set``-style options)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"{what} must look like key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{what} {item!r}: the value is not valid YAML ({exc.problem or exc})") from None
+    return out

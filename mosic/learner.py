@@ -8,7 +8,7 @@ from torch import nn
 from .backbones.base import Backbone
 from .device import to_device
 from .objectives.base import Objective, ObjectiveInputs, ObjectiveOutput
-from .trackers.base import Tracks
+from .tracks import Tracks
 from .data.transforms import ViewTransform
 
 

@@ -43,7 +43,8 @@ from .nonfinite import NonFiniteGuard
 from .objectives.base import Objective
 from .objectives.composite import build_objective
 from .optim import build_optimizer, build_scheduler, parameter_groups
-from .trackers.base import TRACKERS, Tracker, Tracks, query_grid
+from .trackers.base import TRACKERS, Tracker
+from .tracks import Tracks, query_grid
 
 StepCallback = Callable[["PostPretrainer", int, dict], None]
 
@@ -487,7 +488,8 @@ class PostPretrainer:
         cfg = self.config.tracker
         if cfg.cache is None:
             return None
-        from .trackers.cache import TrackCache, weights_digest
+        from .data.track_cache import TrackCache
+        from .trackers.cache import weights_digest
 
         expect = {
             "tracker": cfg.name,

@@ -55,9 +55,9 @@ API_OBJECTS = {
         "mosic.create_tracker",
         "mosic.trackers.base.Tracker",
         "mosic.trackers.base.Tracker.track",
-        "mosic.trackers.base.Tracks",
-        "mosic.trackers.base.query_grid",
-        "mosic.trackers.cache.TrackCache",
+        "mosic.tracks.Tracks",
+        "mosic.tracks.query_grid",
+        "mosic.data.track_cache.TrackCache",
         "mosic.trackers.cache.write_track_cache",
     ],
     "api/objectives": [

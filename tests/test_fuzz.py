@@ -27,7 +27,7 @@ from mosic.config import ConfigError, RunConfig  # noqa: E402
 from mosic.data.transforms import ViewTransform  # noqa: E402
 from mosic.points import sample_at_points  # noqa: E402
 from mosic.sinkhorn import sinkhorn  # noqa: E402
-from mosic.trackers.base import Tracks, query_grid  # noqa: E402
+from mosic.tracks import Tracks, query_grid  # noqa: E402
 
 #: MOSIC_FUZZ_EXAMPLES=2000 for a deeper (still deterministic) run
 FUZZ = settings(

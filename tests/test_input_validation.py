@@ -13,7 +13,7 @@ from mosic.config import ConfigError, RunConfig
 from mosic.objectives import MoSiCObjective, ObjectiveInputs
 from mosic.points import sample_at_points
 from mosic.sinkhorn import sinkhorn
-from mosic.trackers.base import Tracks
+from mosic.tracks import Tracks
 
 # ----------------------------------------------------------------------------- sinkhorn
 

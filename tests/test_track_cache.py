@@ -11,7 +11,7 @@ from conftest import tiny_config
 from mosic.data.clips import ClipDataset, collate_clips
 from mosic.data.synthetic import SyntheticVideos
 from mosic.data.transforms import ViewTransform
-from mosic.trackers.base import Tracks
+from mosic.tracks import Tracks
 from mosic.trackers.cache import (
     CacheSettings,
     StaleCacheError,

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import VideoReadError
+from ..tracks import Tracks
 from .source import GroundTruth, VideoSource
-from .transforms import ViewTransform, random_resized_crop
+from .transforms import ViewTransform, random_resized_crop, tracks_in_view
 
 
 class ClipTooShortError(ValueError):
@@ -80,7 +81,7 @@ class ClipDataset(Dataset):
     view whatever the worker count, process count or resume point.
 
     Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta, "skipped": [...]}``.
-    With a ``track_cache`` (:class:`mosic.trackers.cache.TrackCache`) clips start at the
+    With a ``track_cache`` (:class:`mosic.data.track_cache.TrackCache`) clips start at the
     cached starts and the dict also holds ``"tracks"``: the cached tracks mapped into the view.
 
     Bad videos: with ``skip_bad_videos`` (the default) a video that cannot be read
@@ -209,8 +210,6 @@ class ClipDataset(Dataset):
         meta = ClipMeta(name, index, frame_indices, transform, seed, self.source.ground_truth(index))
         sample = {"frames": transform.apply_to_frames(frames).contiguous(), "meta": meta}
         if cache is not None:
-            from ..trackers.cache import tracks_in_view
-
             sample["tracks"] = tracks_in_view(cache.load(index, frame_indices[0]), transform)
         return sample
 
@@ -227,7 +226,5 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "skipped": [item for s in samples for item in s.get("skipped", ())],
     }
     if "tracks" in samples[0]:
-        from ..trackers.base import Tracks
-
         batch["tracks"] = Tracks.cat([s["tracks"] for s in samples])
     return batch

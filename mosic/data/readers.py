@@ -37,17 +37,7 @@ BACKENDS = ("auto", "pyav", "torchcodec", "decord")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-class VideoReadError(RuntimeError):
-    """A video (or frame) file could not be opened or decoded: unreadable, corrupt, not a video."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"cannot read {self.path}: the file is unreadable or corrupt ({reason})")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
+from ..errors import VideoReadError  # noqa: E402  (re-exported: mosic.data.readers.VideoReadError)
 
 
 def _natural_key(name: str) -> tuple[list, str]:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from ..tracks import Tracks
+
 
 @dataclass(frozen=True)
 class ViewTransform:
@@ -153,3 +155,15 @@ def _stack(x, y, like):
     if isinstance(like, torch.Tensor):
         return torch.stack([x, y], dim=-1)
     return np.stack([x, y], axis=-1)
+
+
+def tracks_in_view(tracks: Tracks, transform: ViewTransform) -> Tracks:
+    """Map cached source-pixel tracks (1, T, N, ...) into a clip's view.
+
+    A point is visible where it was visible, lies inside the view, and its frame-0
+    position (the query the student sees) lies inside the view.
+    """
+    xy = transform.points_to_view(tracks.xy)
+    inside = transform.inside_view(xy)
+    visible = tracks.visible & inside & inside[:, :1]
+    return Tracks(xy.float(), visible)

@@ -20,7 +20,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .readers import VideoReadError
+from ..errors import VideoReadError
 
 
 class DecodeTimeoutError(VideoReadError):

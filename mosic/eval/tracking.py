@@ -35,7 +35,8 @@ import torch
 from ..data.clips import ClipMeta, clip_frame_indices
 from ..data.source import VideoSource
 from ..data.transforms import ViewTransform
-from ..trackers.base import TRACKERS, Tracker, query_grid
+from ..trackers.base import TRACKERS, Tracker
+from ..tracks import query_grid
 
 __all__ = ["THRESHOLDS", "TAPVID_SIZE", "evaluate_tracker", "format_results", "tapvid_metrics"]
 

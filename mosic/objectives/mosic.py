@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from ..points import sample_at_points
 from ..sinkhorn import sinkhorn
-from ..trackers.base import Tracks
+from ..tracks import Tracks
 from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
 from .head import ProjectionHead, Prototypes, check_count, check_positive
 

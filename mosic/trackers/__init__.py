@@ -4,7 +4,8 @@ from . import oracle  # noqa: F401  (registers the built-in trackers)
 from . import lucas_kanade  # noqa: F401  (registers 'lk')
 from . import raft  # noqa: F401  (registers 'raft' and 'raft-small')
 from . import cotracker  # noqa: F401  (registers 'cotracker3' and 'cotracker3-online')
-from .base import TRACKERS, Tracker, Tracks, query_grid, register_tracker
+from ..tracks import Tracks, query_grid
+from .base import TRACKERS, Tracker, register_tracker
 from .oracle import OracleTracker
 
 __all__ = ["TRACKERS", "OracleTracker", "Tracker", "Tracks", "query_grid", "register_tracker"]

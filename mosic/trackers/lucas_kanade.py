@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .base import Tracker, Tracks, register_tracker
+from ..tracks import Tracks
+from .base import Tracker, register_tracker
 
 __all__ = ["LucasKanadeTracker"]
 

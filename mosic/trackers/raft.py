@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsUnavailableError
-from .base import Tracker, Tracks, register_tracker
+from ..tracks import Tracks
+from .base import Tracker, register_tracker
 
 __all__ = [
     "RaftTracker",

@@ -106,7 +106,8 @@ def track_clip(frames, meta=None, tracker: Any = "oracle", grid: int = 16, devic
     """
     import torch
 
-    from ..trackers.base import TRACKERS, query_grid
+    from ..trackers.base import TRACKERS
+    from ..tracks import query_grid
 
     if isinstance(tracker, str):
         tracker = TRACKERS.create(tracker, **tracker_kwargs)
@@ -156,7 +157,7 @@ def run_viz(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        from ..cli import _key_values
+        from ..config import parse_key_values
         from .maps import cluster_maps, overlay_labels
         from .writers import upscale
 
@@ -164,7 +165,7 @@ def run_viz(args: argparse.Namespace) -> int:
         labels = cluster_maps(
             args.backbone, frames, args.k, method="prototypes" if args.prototypes else "kmeans", size=args.size,
             model=args.model, seed=args.seed, device=device,
-            **_key_values(args.backbone_arg, "--backbone-arg"),
+            **parse_key_values(args.backbone_arg, "--backbone-arg"),
         )
         drawn = overlay_labels(upscale(frames, scale), labels, alpha=args.alpha)
         what = f"{len(set(labels.ravel().tolist()))} clusters on a {labels.shape[1]}x{labels.shape[2]} patch grid"

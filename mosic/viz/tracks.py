@@ -37,7 +37,7 @@ def point_colors(xy0, height: int, width: int) -> np.ndarray:
 
 def _track_arrays(tracks, visible, clip: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, N, 2) float64 xy and (T, N) bool visible from a Tracks or arrays/tensors."""
-    from ..trackers.base import Tracks
+    from ..tracks import Tracks
 
     if isinstance(tracks, Tracks):
         if visible is not None:

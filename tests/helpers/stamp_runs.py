@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mosic.data.stamped import read_stamps
-from mosic.trackers.base import Tracker, Tracks, register_tracker
+from mosic.trackers.base import Tracker, register_tracker
+from mosic.tracks import Tracks
 
 
 @register_tracker("stamp")

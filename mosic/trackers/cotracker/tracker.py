@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..base import Tracker, Tracks, register_tracker
+from ...tracks import Tracks
+from ..base import Tracker, register_tracker
 from ...device import resolve_device
 from .blocks import get_points_on_a_grid
 from .cotracker3 import CoTracker3Base, CoTracker3Offline, CoTracker3Online
