@@ -40,7 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
     track.add_argument("--config", help="RunConfig whose tracker and data settings to use (default: the paper's)")
     track.add_argument("--tracker", help="registered tracker (default: the config's tracker.name)")
     track.add_argument("--weights", help="local tracker weights file (default: the tracker's own download)")
-    track.add_argument("--grid", type=int, help="G of the G x G source-frame grid (default: dense enough for the smallest crop)")
+    track.add_argument("--grid", type=int, help="G of the G x G source-frame grid (default: the average crop holds the paper's G x G)")
+    track.add_argument("--for-run", action="append", default=[], metavar="CONFIG",
+                       help="track only the clip starts this run reads (a RunConfig or preset; repeat for a sweep; "
+                            "default: every start). Its tracker and data settings are used when --config is not given")
     track.add_argument("--start-step", type=int, help="frames between cached clip starts (default: the clip frame stride)")
     track.add_argument("--track-size", type=int, default=384, help="shorter side frames are resized to (never upscaled)")
     track.add_argument("--batch-size", type=int, default=8, help="clips tracked together")
@@ -240,7 +243,9 @@ def _track(args: argparse.Namespace) -> int:
     from .trackers.base import TRACKERS
     from .trackers.cache import CacheSettings, default_cache_grid, weights_digest, write_track_cache
 
-    config = (RunConfig.load(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
+    runs = [RunConfig.load(path).with_overrides(args.overrides) for path in args.for_run]
+    base = args.config or (args.for_run[0] if args.for_run else None)
+    config = (RunConfig.load(base) if base else RunConfig()).with_overrides(args.overrides)
     name = args.tracker or config.tracker.name
     kwargs = dict(config.tracker.kwargs)
     if args.weights:
@@ -249,7 +254,7 @@ def _track(args: argparse.Namespace) -> int:
     settings = CacheSettings(
         tracker=name,
         weights=weights_digest(weights) if isinstance(weights, str) else ("none" if weights is None else str(weights)),
-        grid_size=args.grid or default_cache_grid(config.tracker.grid_size, config.data.crop_scale[0]),
+        grid_size=args.grid or default_cache_grid(config.tracker.grid_size, config.data.crop_scale),
         num_frames=config.data.num_frames,
         frame_stride=config.data.stride,
         start_step=args.start_step or config.data.stride,
@@ -263,19 +268,56 @@ def _track(args: argparse.Namespace) -> int:
     source = open_videos(args.videos, backend=config.data.backend, decode_timeout=config.data.decode_timeout)
     tracker = TRACKERS.create(name, **kwargs)
     started = time.perf_counter()
-    out = write_track_cache(source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    plan = _run_plan(runs, source, settings) if runs else None
+    out = write_track_cache(
+        source, tracker, args.out, settings, batch_size=args.batch_size, device=device, progress=not args.no_progress, plan=plan
+    )
     if not is_main_process():
         return 0
-    from .trackers.cache import TrackCache
+    from .data.track_cache import TrackCache
 
-    unreadable = TrackCache(out, source).unreadable
+    cache = TrackCache(out, source)
+    unreadable = cache.unreadable
     skipped = f" ({len(unreadable)} unreadable, skipped: {', '.join(sorted(unreadable)[:5])})" if unreadable else ""
+    readable = [i for i, e in enumerate(cache.videos) if "error" not in e]
+    held = sum(len(cache.starts(i)) for i in readable)
+    possible = sum(len(cache.candidate_starts(i)) for i in readable)
+    scope = f"the starts of {len(runs)} planned run{'s' * (len(runs) != 1)}: " if runs else ""
     print(
         f"tracked {len(source) - len(unreadable)} of {len(source)} videos{skipped} with {name} in "
-        f"{time.perf_counter() - started:.1f} s ({settings.grid_size}x{settings.grid_size} points per clip start); "
+        f"{time.perf_counter() - started:.1f} s ({scope}{held} of {possible} clip starts, "
+        f"{settings.grid_size}x{settings.grid_size} points each); "
         f"train with: tracker.name={name} tracker.cache={out}"
     )
     return 0
+
+
+def _run_plan(runs: list[RunConfig], source, settings):
+    """``plan(unusable)`` for write_track_cache: the union of the starts the runs read."""
+    from .data.readers import VideoReadError
+    from .data.track_cache import planned_starts_for_run
+
+    for run in runs:
+        if (run.data.num_frames, run.data.stride) != (settings.num_frames, settings.frame_stride):
+            raise ValueError(
+                f"--for-run: a run samples {run.data.num_frames} frames every {run.data.stride}, the cache "
+                f"{settings.num_frames} every {settings.frame_stride}; give runs with the cache's data settings"
+            )
+    counts = []
+    for index in range(len(source)):
+        try:
+            counts.append(source.num_frames(index))
+        except VideoReadError:
+            counts.append(None)
+
+    def plan(unusable: set[int]) -> dict[int, set[int]]:
+        merged: dict[int, set[int]] = {}
+        for run in runs:
+            for video, starts in planned_starts_for_run(run, counts, settings.start_step, unusable).items():
+                merged.setdefault(video, set()).update(starts)
+        return merged
+
+    return plan
 
 
 def _track_eval(args: argparse.Namespace) -> int:

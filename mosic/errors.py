@@ -20,3 +20,7 @@ class VideoReadError(RuntimeError):
 
     def __reduce__(self):
         return type(self), (self.path, self.reason)
+
+
+class UntrackedStartError(ValueError):
+    """A clip start a track cache does not hold (a cache planned for other runs)."""

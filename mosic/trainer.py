@@ -498,7 +498,27 @@ class PostPretrainer:
         }
         if isinstance(cfg.kwargs.get("weights"), str):
             expect["weights"] = weights_digest(cfg.kwargs["weights"])
-        return TrackCache(cfg.cache, source, expect)
+        cache = TrackCache(cfg.cache, source, expect)
+        self._check_planned_starts(cache)
+        return cache
+
+    def _check_planned_starts(self, cache) -> None:
+        """Fail before training when the cache lacks a start this run will read (a cache
+        planned for other runs: ``mosic track --for-run``)."""
+        from .data.track_cache import StaleCacheError, planned_starts_for_run
+
+        counts = [None if "error" in e else e["num_frames"] for e in cache.videos]
+        plan = planned_starts_for_run(self.config, counts, cache.settings.start_step)
+        missing = cache.missing_starts(plan)
+        if missing:
+            total = sum(map(len, missing.values()))
+            example = ", ".join(f"{name}: {starts[:3]}" for name, starts in list(missing.items())[:3])
+            raise StaleCacheError(
+                f"the track cache at {cache.path} lacks {total} clip starts of {len(missing)} videos that this run "
+                f"reads ({example}{', ...' if len(missing) > 3 else ''}): it was planned for other runs. Add them with "
+                "`mosic track VIDEOS --out CACHE --for-run CONFIG` (this run's config; only the missing starts are "
+                "tracked), or track every start without --for-run"
+            )
 
     def _create_backbone(self) -> Backbone:
         cfg = self.config.backbone

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UntrackedStartError
 from .readers import VideoReadError
 from ..tracks import Tracks
 from .source import GroundTruth, VideoSource
@@ -73,6 +74,19 @@ def clip_frame_indices(
     return [start + stride * k for k in range(num_frames)]
 
 
+def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
+    """Seed of item (epoch, index) of a :class:`ClipDataset` with ``seed``; ``attempt`` k >= 1
+    is the seed of its k-th substitute."""
+    entropy = [seed, epoch, index] + ([attempt] if attempt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def draw_start(rng: np.random.Generator, starts: Sequence[int]) -> int:
+    """The clip start a sample with a track cache draws first from its ``rng`` (one rule for
+    the dataset and for planning which starts a run reads)."""
+    return starts[int(rng.integers(len(starts)))]
+
+
 class ClipDataset(Dataset):
     """Random clips of a :class:`VideoSource`, one per video per epoch.
 
@@ -132,8 +146,7 @@ class ClipDataset(Dataset):
 
     def sample_seed(self, epoch: int, index: int, attempt: int = 0) -> int:
         """Seed of item (epoch, index); ``attempt`` k >= 1 is the seed of its k-th substitute."""
-        entropy = [self.seed, epoch, index] + ([attempt] if attempt else [])
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        return sample_seed(self.seed, epoch, index, attempt)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
@@ -152,6 +165,10 @@ class ClipDataset(Dataset):
                 except (VideoReadError, ClipTooShortError) as error:
                     reason = getattr(error, "reason", str(error))  # another clip of it may read: no memo
                     self._warn(candidate, reason, getattr(error, "path", None))
+                except UntrackedStartError:
+                    if attempt == 0:  # the run's own clip: the cache was planned for other runs
+                        raise
+                    reason = "its substitute clip's start is not in the track cache (planned for other runs)"
                 else:
                     sample["skipped"] = skipped
                     return sample
@@ -200,8 +217,10 @@ class ClipDataset(Dataset):
         if cache is None:
             frame_indices = clip_frame_indices(self.source.num_frames(index), self.num_frames, self.frame_stride, rng, name)
         else:
-            starts, stride = cache.starts(index), cache.stride(index)
-            start = starts[int(rng.integers(len(starts)))]
+            # drawn from every start a clip could have, whether or not this cache tracked it
+            # (a cache planned for some runs holds only their starts): the same clip either way
+            starts, stride = cache.candidate_starts(index), cache.stride(index)
+            start = draw_start(rng, starts)
             frame_indices = [start + stride * k for k in range(self.num_frames)]
         frames = torch.from_numpy(np.ascontiguousarray(self.source.read_frames(index, frame_indices)))
         frames = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)

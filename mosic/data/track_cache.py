@@ -31,12 +31,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..tracks import Tracks
-from .clips import effective_stride
+from .clips import draw_start, effective_stride, sample_seed
+from ..errors import UntrackedStartError
 from .readers import VideoReadError, file_sha256
 from .source import VideoSource
 
@@ -47,6 +48,11 @@ PART_MANIFESTS = "manifest.part-*.json"  # one per process of a `torchrun ... mo
 
 class StaleCacheError(ValueError):
     """A track cache does not match the videos or the settings it is used with."""
+
+
+class MissingStartError(StaleCacheError, UntrackedStartError):
+    """A clip start the cache does not hold; training passes a substitute clip over to the
+    next video (a clip the run's plan did not foresee), and fails on a clip of its own."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,74 @@ class CacheSettings:
     track_size: int  # the shorter side frames were resized to before tracking (no upscaling)
 
 
-def default_cache_grid(grid_size: int, min_crop_scale: float) -> int:
-    """A source grid dense enough that the smallest training crop still holds ~G x G points."""
-    return math.ceil(grid_size / math.sqrt(min_crop_scale))
+def default_cache_grid(grid_size: int, crop_scale: tuple[float, float]) -> int:
+    """The source grid whose average training crop holds the paper's G x G points.
+
+    A crop covering a fraction a of the frame holds about a * S^2 points of an S x S source
+    grid; a is drawn uniformly from ``crop_scale``, so S = round(G / sqrt(mean a)): 19 for
+    G = 16 and crop scale (0.4, 1) (253 points on average; 144 in the smallest crop, 361 in
+    the whole frame). Tracking cost grows with S^2 (docs/benchmarks.md): the earlier rule,
+    every crop at least G x G (S = ceil(G / sqrt(min a)) = 26), tracked 1.9x these points.
+    """
+    low, high = crop_scale
+    return max(1, round(grid_size / math.sqrt((low + high) / 2)))
+
+
+def planned_starts(
+    num_frames: Sequence[int | None],
+    *,
+    clip_frames: int,
+    frame_stride: int,
+    start_step: int,
+    seed: int,
+    epochs: int,
+    unusable: set[int] = frozenset(),
+) -> dict[int, set[int]]:
+    """The clip starts a training run with a track cache reads: video index -> starts.
+
+    Replays :class:`~mosic.data.clips.ClipDataset`'s draws (the same seeds, the same
+    substitution of unusable videos) for every item of ``epochs`` epochs, a superset of what
+    any process count or resume point reads. ``num_frames[i]`` is None for a video that
+    cannot be opened; ``unusable`` holds more videos no clip can come from.
+    """
+    count = len(num_frames)
+    never = {i for i, n in enumerate(num_frames) if n is None or n < clip_frames} | set(unusable)
+    candidates = {
+        i: clip_starts(n, clip_frames, frame_stride, start_step) for i, n in enumerate(num_frames) if i not in never
+    }
+    plan: dict[int, set[int]] = {}
+    for epoch in range(epochs):
+        for index in range(count):
+            for attempt in range(count):
+                video = (index + attempt) % count
+                if video in never or not candidates[video]:
+                    continue
+                rng = np.random.default_rng(sample_seed(seed, epoch, index, attempt))
+                plan.setdefault(video, set()).add(draw_start(rng, candidates[video]))
+                break
+    return plan
+
+
+def run_epochs(max_steps: int | None, epochs: int | None, num_videos: int, global_batch_size: int) -> int:
+    """Epochs a run of ``max_steps`` steps (or ``epochs``) touches, for any process count:
+    a process count W gives floor(ceil(V / W) / (B / W)) >= floor(V / B) steps an epoch."""
+    if not max_steps:
+        return int(epochs or 1)
+    return math.ceil(max_steps / max(1, num_videos // global_batch_size))
+
+
+def planned_starts_for_run(config, num_frames: Sequence[int | None], start_step: int, unusable: set[int] = frozenset()) -> dict[int, set[int]]:
+    """:func:`planned_starts` of a :class:`~mosic.config.RunConfig`'s training run."""
+    train, data = config.train, config.data
+    return planned_starts(
+        num_frames,
+        clip_frames=data.num_frames,
+        frame_stride=data.stride,
+        start_step=start_step,
+        seed=train.seed,
+        epochs=run_epochs(train.max_steps, train.epochs, len(num_frames), data.global_batch_size),
+        unusable=unusable,
+    )
 
 
 def clip_starts(num_available: int, num_frames: int, stride: int, start_step: int) -> list[int]:
@@ -213,6 +284,24 @@ class TrackCache:
             raise VideoReadError(entry["name"], f"{entry['error']} (mosic track could not track it)")
         return entry["starts"]
 
+    def candidate_starts(self, index: int) -> list[int]:
+        """Every start a clip of video ``index`` may have (what training draws from); a cache
+        planned for some runs tracked only theirs (:meth:`starts`)."""
+        entry = self.videos[index]
+        if "error" in entry:
+            raise VideoReadError(entry["name"], f"{entry['error']} (mosic track could not track it)")
+        s = self.settings
+        return clip_starts(entry["num_frames"], s.num_frames, s.frame_stride, s.start_step)
+
+    def missing_starts(self, plan: dict[int, set[int]]) -> dict[str, list[int]]:
+        """Video name -> the starts of ``plan`` (:func:`planned_starts`) this cache lacks."""
+        missing = {}
+        for index, starts in plan.items():
+            entry = self.videos[index]
+            if "error" not in entry and (lacking := sorted(set(starts) - set(entry["starts"]))):
+                missing[entry["name"]] = lacking
+        return missing
+
     def stride(self, index: int) -> int:
         return self.videos[index]["stride"]
 
@@ -243,7 +332,11 @@ class TrackCache:
         try:
             s = entry["starts"].index(start)
         except ValueError:
-            raise StaleCacheError(f"start {start} of {entry['name']!r} is not in the track cache") from None
+            raise MissingStartError(
+                f"start {start} of {entry['name']!r} is not in the track cache at {self.path} (it holds the starts "
+                "of the runs it was planned for); add this run's with `mosic track VIDEOS --out CACHE --for-run "
+                "CONFIG` (it tracks only what is missing), or all starts without --for-run"
+            ) from None
         with safe_open(str(file), framework="pt") as f:  # reads one start, not the whole file
             xy, visible = f.get_slice("xy")[s : s + 1], f.get_slice("visible")[s : s + 1]
         return Tracks(xy, visible.bool())

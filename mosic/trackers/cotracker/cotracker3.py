@@ -280,14 +280,28 @@ class CoTracker3Offline(CoTracker3Base):
         Returns:
             coords (B, T, N, 2) pixels, visibility and confidence probabilities (B, T, N).
         """
-        b, t = video.shape[:2]
+        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
+        return self.forward_features(pyramid, queries, iters, point_chunk, amp_dtype, add_space_attn)
+
+    def forward_features(
+        self,
+        pyramid: Sequence[torch.Tensor],
+        queries: torch.Tensor,
+        iters: int = 6,
+        point_chunk: int | None = None,
+        amp_dtype: torch.dtype | None = None,
+        add_space_attn: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from the video's feature pyramid (:meth:`encode`): everything that
+        depends on the queries. The pyramid depends on each frame alone, so clips that share
+        frames can share it (``pyramid[level][:, frame_indices]``)."""
+        b, t = pyramid[0].shape[:2]
         n = queries.shape[1]
         frames = self._check_queries(queries, t)
         q = queries[..., 1:3].to(self.compute_dtype) / self.stride
-        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
         support = self.query_support(pyramid, frames, q)
         coords = q[:, None].expand(b, t, n, 2)
-        zeros = torch.zeros(b, t, n, device=video.device, dtype=q.dtype)
+        zeros = torch.zeros(b, t, n, device=pyramid[0].device, dtype=q.dtype)
         coords, vis, conf = self.refine(
             pyramid, support, coords, zeros, zeros, iters, point_chunk, amp_dtype, add_space_attn
         )
@@ -323,14 +337,26 @@ class CoTracker3Online(CoTracker3Base):
         add_space_attn: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same arguments and outputs as :meth:`CoTracker3Offline.forward`."""
-        b, t = video.shape[:2]
+        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
+        return self.forward_features(pyramid, queries, iters, point_chunk, amp_dtype, add_space_attn)
+
+    def forward_features(
+        self,
+        pyramid: Sequence[torch.Tensor],
+        queries: torch.Tensor,
+        iters: int = 6,
+        point_chunk: int | None = None,
+        amp_dtype: torch.dtype | None = None,
+        add_space_attn: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from the video's feature pyramid (see :meth:`CoTracker3Offline.forward_features`)."""
+        b, t = pyramid[0].shape[:2]
         n = queries.shape[1]
         s = self.window_len
         step = s // 2
         overlap = s - step
         frames = self._check_queries(queries, t)
         q = queries[..., 1:3].to(self.compute_dtype) / self.stride
-        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
         support = self.query_support(pyramid, frames, q)
         windows = self.num_windows(t)
         total = (windows - 1) * step + s
