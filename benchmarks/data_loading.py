@@ -9,8 +9,13 @@ H.264 mp4 (libx264 through PyAV, ``--crf``, ``--preset``, GOP ``--gop``, 0 = x26
 default of 250, i.e. one keyframe per 100-frame video) and a folder of JPEG frames
 (quality ``--jpeg-quality``, the YouTube-VOS / DAVIS ``JPEGImages`` layout).
 
-Readers: ``pyav`` and ``decord`` (``VideoFileSource`` on the mp4s) and ``frames``
-(``FrameFolderSource`` on the JPEG folders), each through ``open_videos``. Clips are
+Readers: ``pyav``, ``torchcodec`` and ``decord`` (``VideoFileSource`` on the mp4s),
+``frames`` (``FrameFolderSource`` on the JPEG folders), each through ``open_videos``, and
+``prepared``: the mp4s prepared once by ``mosic prepare`` (``mosic.data.prepared``: the
+frames the clips can read, decoded by PyAV, resized to a shorter side of ``--short-side``,
+default ceil(size / sqrt(crop_scale[0])), stored as raw ``.npy``), read through
+``data.prepared`` without decoding; the preparation's wall and CPU time and its disk use per
+video are reported (``"reused"`` when ``--dir`` already held it). Clips are
 sampled exactly as training samples them: ``ClipDataset`` (12 frames, stride 8, a random
 resized crop of area [0.4, 1] resized to 224 px), batched by ``collate_clips`` in a
 ``DataLoader`` with ``--workers`` 0, 1, 2 (0: the main process reads). Every
@@ -48,7 +53,7 @@ from torch.utils.data import DataLoader, Sampler
 from mosic.data.clips import ClipDataset, collate_clips
 from mosic.data.readers import open_videos
 
-READERS = ("pyav", "torchcodec", "decord", "frames")
+READERS = ("pyav", "torchcodec", "decord", "frames", "prepared")
 
 
 # ----------------------------------------------------------------------------- videos
@@ -193,11 +198,46 @@ def _worker_pids(loader: DataLoader) -> list[int]:
     return [w.pid for w in getattr(iterator, "_workers", [])]
 
 
-def open_dataset(reader: str, root: Path, args: argparse.Namespace) -> ClipDataset | str:
+def prepare(root: Path, args: argparse.Namespace):
+    """Prepare the mp4s (PyAV) once, as ``mosic prepare`` does; (PreparedFrames, its figures)."""
+    from mosic.data.prepared import PreparedFrames, PreparedSettings, default_short_side, prepare_frames
+
+    short = args.short_side or default_short_side(args.size, tuple(args.crop_scale))
+    settings = PreparedSettings(args.clip_frames, args.stride, args.stride, short, "pyav")
+    out = root / f"prepared-T{args.clip_frames}-s{args.stride}-{short}"
+    source = open_videos(root / "mp4", backend="pyav", decode_timeout=_DECODE_TIMEOUT)
+    done: list[int] = []
+    start, start_cpu = time.perf_counter(), _cpu_seconds([])
+    prepare_frames(source, out, settings, on_video=lambda i, name: done.append(i))
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds([]) - start_cpu
+    prepared = PreparedFrames(out, source, {"num_frames": args.clip_frames, "frame_stride": args.stride})
+    entries = [e for e in prepared.videos if "error" not in e]
+    figures = {
+        "short_side": short,
+        "videos_prepared_now": len(done),
+        "reused": not done,
+        "seconds": seconds,
+        "seconds_per_video": seconds / max(1, len(done)),
+        "cpu_seconds_per_video": cpu / max(1, len(done)),
+        "frames_per_video": sum(len(e["frames"]) for e in entries) / max(1, len(entries)),
+        "stored_size": entries[0]["shape"][1:3] if entries else None,
+        "mib_per_video": sum(e["bytes"] for e in entries) / max(1, len(entries)) / 2**20,
+    }
+    return prepared, figures
+
+
+def open_dataset(reader: str, root: Path, args: argparse.Namespace, figures: dict | None = None) -> ClipDataset | str:
     """The reader's ClipDataset after probing every video and reading one clip, or why it cannot read."""
     try:
-        source = _open(reader, root)
-        dataset = ClipDataset(source, args.clip_frames, args.stride, args.size, tuple(args.crop_scale), seed=0)
+        prepared = None
+        if reader == "prepared":
+            prepared, prepared_figures = prepare(root, args)
+            if figures is not None:
+                figures.update(prepared_figures)
+            source = open_videos(root / "mp4", backend="pyav", decode_timeout=_DECODE_TIMEOUT)
+        else:
+            source = _open(reader, root)
+        dataset = ClipDataset(source, args.clip_frames, args.stride, args.size, tuple(args.crop_scale), seed=0, prepared=prepared)
         for i in range(len(source)):  # probe in the main process (workers inherit the counts)
             source.num_frames(i)
         sample = dataset[(0, 0)]
@@ -272,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stride", type=int, default=8, help="paper: 3.2 s / 12 frames at 30 fps = 8")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--crop-scale", type=float, nargs=2, default=[0.4, 1.0])
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="prepared frames' shorter side (default: ceil(size / sqrt(crop_scale[0])))")
     parser.add_argument("--batch", type=int, default=4, help="clips per DataLoader batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs-per-repeat", type=int, default=1)
@@ -305,7 +347,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
         results: dict = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "dir")}, "videos": sizes}
         results["cpu_count"] = os.cpu_count()
-        opened = {reader: open_dataset(reader, root, args) for reader in args.readers}
+        preparation: dict = {}
+        opened = {reader: open_dataset(reader, root, args, preparation) for reader in args.readers}
+        if preparation:
+            results["preparation"] = preparation
+            print(
+                f"prepared frames: {preparation['frames_per_video']:.1f} frames per video at "
+                f"{'x'.join(map(str, preparation['stored_size'] or []))} (H x W), {preparation['mib_per_video']:.1f} MiB "
+                "per video; " + ("reused from --dir" if preparation["reused"] else
+                f"{preparation['seconds_per_video']:.2f} s ({preparation['cpu_seconds_per_video']:.2f} CPU s) per video")
+            )
         measured = measure({r: d for r, d in opened.items() if not isinstance(d, str)}, args)
         results["readers"] = {r: {"error": d} if isinstance(d, str) else measured[r] for r, d in opened.items()}
 

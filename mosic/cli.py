@@ -1,4 +1,4 @@
-"""The ``mosic`` command line: fit, demo, list, config, track, track-eval, eval, export."""
+"""The ``mosic`` command line: fit, demo, list, config, track, prepare, track-eval, eval, export."""
 
 from __future__ import annotations
 
@@ -50,6 +50,25 @@ def _build_parser() -> argparse.ArgumentParser:
     track.add_argument("--device", default="auto")
     track.add_argument("--no-progress", action="store_true")
     track.add_argument("overrides", nargs="*", help="config overrides, e.g. data.num_frames=12")
+
+    prep = sub.add_parser(
+        "prepare",
+        help="decode every video once and store the frames training clips read, resized (train with data.prepared=DIR)",
+        description="Decode each video once and store, as raw uint8 .npy files, only the frames a training clip can "
+        "read (clip starts every --start-step frames, frames every data.stride), resized so the shorter side is "
+        "--short-side. Training with data.prepared=DIR then reads them instead of decoding. Running it again "
+        "keeps videos already prepared and unchanged.",
+    )
+    prep.add_argument("videos", help="folder of videos or frame folders, a video file, or 'synthetic:...'")
+    prep.add_argument("--out", required=True, help="output folder")
+    prep.add_argument("--config", help="RunConfig whose data settings to use (default: the paper's)")
+    prep.add_argument("--start-step", type=int, help="frames between clip starts (default: the clip frame stride; "
+                      "a track cache used with it must have the same)")
+    prep.add_argument("--short-side", type=int, help="shorter side of the stored frames in pixels, never upscaled "
+                      "(default: ceil(data.size / sqrt(data.crop_scale[0])), 355 for 224 px and 0.4)")
+    prep.add_argument("--chunk-frames", type=int, default=32, help="frames decoded at a time (bounds memory)")
+    prep.add_argument("--no-progress", action="store_true")
+    prep.add_argument("overrides", nargs="*", help="config overrides, e.g. data.num_frames=12 data.frame_stride=6")
 
     teval = sub.add_parser("track-eval", help="TAP-Vid metrics of a tracker on synthetic clips with exact ground truth")
     teval.add_argument("--tracker", required=True, help="registered tracker, see `mosic list trackers`")
@@ -157,6 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "track":
         return _track(args)
+    if args.command == "prepare":
+        return _prepare(args)
     if args.command == "track-eval":
         return _track_eval(args)
     if args.command == "export":
@@ -288,6 +309,44 @@ def _track(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - started:.1f} s ({scope}{held} of {possible} clip starts, "
         f"{settings.grid_size}x{settings.grid_size} points each); "
         f"train with: tracker.name={name} tracker.cache={out}"
+    )
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from .data.prepared import PreparedFrames, PreparedSettings, default_short_side, prepare_frames
+    from .data.readers import open_videos
+
+    config = (RunConfig.load(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
+    data = config.data
+    for name, value in (("--start-step", args.start_step), ("--short-side", args.short_side), ("--chunk-frames", args.chunk_frames)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of frames or pixels, got {value}")
+    settings = PreparedSettings(
+        num_frames=data.num_frames,
+        frame_stride=data.stride,
+        start_step=args.start_step or data.stride,
+        short_side=args.short_side or default_short_side(data.size, data.crop_scale),
+        decoder=data.backend,
+    )
+    source = open_videos(args.videos, backend=data.backend, decode_timeout=data.decode_timeout)
+    started = time.perf_counter()
+    done: list[int] = []
+    out = prepare_frames(source, args.out, settings, chunk_frames=args.chunk_frames, progress=not args.no_progress,
+                         on_video=lambda index, name: done.append(index))
+    prepared = PreparedFrames(out, source)
+    unreadable = prepared.unreadable
+    skipped = f" ({len(unreadable)} unreadable or too short, skipped: {', '.join(sorted(unreadable)[:5])})" if unreadable else ""
+    entries = [e for e in prepared.videos if "error" not in e]
+    frames = sum(len(e["frames"]) for e in entries)
+    size = sum(e["bytes"] for e in entries) / 2**20
+    print(
+        f"prepared {len(entries)} of {len(source)} videos{skipped} in {time.perf_counter() - started:.1f} s "
+        f"({len(done)} decoded, {len(source) - len(done)} already prepared): {frames} frames, {size:.1f} MiB, shorter "
+        f"side {settings.short_side} px, clips of {settings.num_frames} frames every {settings.frame_stride} from starts "
+        f"every {settings.start_step}; train with: data.prepared={out}"
     )
     return 0
 

@@ -169,6 +169,12 @@ class DataConfig(_Section):
         description="seconds one video read may take; past it the decoder process is killed and the video "
         "skipped like a corrupt one (None: decode in-process, no protection against hung decoders)",
     )
+    prepared: str | None = Field(
+        None,
+        description="a folder from `mosic prepare` (the frames clips read, decoded once and resized): training "
+        "reads them instead of decoding videos, with clip starts on its lattice (every start_step frames, as a "
+        "track cache); None decodes every clip",
+    )
     skip_bad_videos: bool = Field(
         True,
         description="a video that cannot be read is skipped (one warning, counted, reported at the end) and "

@@ -172,8 +172,9 @@ class PostPretrainer:
             data.crop_scale,
             data.flip_probability,
             train.seed,
-            track_cache=self._open_track_cache(source),
+            track_cache=(cache := self._open_track_cache(source)),
             skip_bad_videos=data.skip_bad_videos,
+            prepared=self._open_prepared(source, cache),
         )
         world = dist.world_size()
         if data.global_batch_size % world:
@@ -501,6 +502,34 @@ class PostPretrainer:
         cache = TrackCache(cfg.cache, source, expect)
         self._check_planned_starts(cache)
         return cache
+
+    def _open_prepared(self, source, cache):
+        """The run's prepared frames (``data.prepared``), checked against its settings and videos
+        (and the track cache's start lattice) before training; None without."""
+        data = self.config.data
+        if data.prepared is None:
+            return None
+        from .data.prepared import PreparedFrames, StalePreparedError, default_short_side
+
+        expect = {"num_frames": data.num_frames, "frame_stride": data.stride}
+        if cache is not None:
+            expect["start_step"] = cache.settings.start_step
+        try:
+            prepared = PreparedFrames(data.prepared, source, expect)
+        except StalePreparedError as error:
+            raise StalePreparedError(f"data.prepared: {error}") from None
+        import warnings
+
+        wanted = default_short_side(data.size, data.crop_scale)
+        shrunk = any("error" not in e and min(e["height"], e["width"]) > prepared.settings.short_side for e in prepared.videos)
+        if prepared.settings.short_side < wanted and shrunk:
+            warnings.warn(
+                f"data.prepared: the frames at {prepared.path} were stored with a shorter side of "
+                f"{prepared.settings.short_side} px; data.size={data.size} with crop_scale {data.crop_scale} wants "
+                f"{wanted} px, so small crops are upscaled (re-run `mosic prepare` with --short-side {wanted})",
+                stacklevel=3,
+            )
+        return prepared
 
     def _check_planned_starts(self, cache) -> None:
         """Fail before training when the cache lacks a start this run will read (a cache

@@ -71,8 +71,12 @@ def test_data_loading_rates_and_workers_needed(tmp_path):
         assert set(readers[reader]["clips_per_s"]) == {0, 1}
     decord = readers["decord"]
     assert "error" in decord or all(rate > 0 for rate in decord["clips_per_s"].values())
+    assert all(rate > 0 for rate in readers["prepared"]["clips_per_s"].values())  # mosic prepare, then no decoding
+    preparation = result["preparation"]
+    assert preparation["videos_prepared_now"] == 3 and preparation["frames_per_video"] == 6  # frames 0, 2, ..., 10
+    assert preparation["stored_size"] == [51, 76] and preparation["mib_per_video"] > 0
     needed = result["targets"]["--step-clips-per-s 1000"]["workers_needed"]
-    for reader in ("pyav", "frames"):
+    for reader in ("pyav", "frames", "prepared"):
         per_worker = readers[reader]["per_worker"][1]
         assert needed[reader] == math.ceil(1000 / per_worker) >= 1
     # the videos are reused when the settings match
@@ -102,3 +106,35 @@ def test_memory_per_gpu_counts_state_exactly_and_measures_activations():
     one, two = row["per_world"][1], row["per_world"][2]
     assert one["state_gib_ddp"] == one["state_gib_zero1"] == two["state_gib_ddp"]
     assert two["state_gib_zero1"] * 2**30 == pytest.approx(one["state_gib_ddp"] * 2**30 - state["AdamW moments"] / 2)
+
+
+def test_end_to_end_costs_whole_runs(tmp_path):
+    """The end-to-end benchmark in a tiny setting: the shared per-frame decomposition is exact
+    (track_clips' FLOPs = distinct frames x E + clips x Q), the run counts come from the
+    planner, and the scaled instance runs all three pipelines (the CLI's track --for-run, fit)."""
+    end_to_end = load_benchmark("end_to_end")
+    result = end_to_end.main(
+        [
+            "--videos", "20", "--video-frames", "40", "--epochs", "2", "--clip-frames", "4", "--stride", "2",
+            "--grid", "4", "--cache-grid", "5", "--old-cache-grid", "6", "--source-size", "48", "80",
+            "--model-resolution", "64", "96", "--backbone", "vit-tiny", "--size", "32", "--cpu-videos", "2",
+            "--cpu-epochs", "1", "--cpu-batch", "2", "--cpu-model-resolution", "64", "96", "--dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    tracker = result["tracker"]
+    check = tracker["shared_check"]
+    assert check["measured"] == pytest.approx(check["predicted"], rel=1e-9)
+    assert tracker["per_frame"] > 0 and all(q > 0 for q in tracker["query_part"].values())
+    assert tracker["clip"][6] > tracker["clip"][5] > tracker["clip"][4] > tracker["clip"][1]
+    assert tracker["authors_clip"] < tracker["clip"][4]  # no support grid
+    counts = result["counts"]
+    assert counts["all_starts"] == 17 and counts["all_frames"] == 20  # range(0, 34, 2); frames 0..38 step 2
+    assert 1 <= counts["planned_starts_one_seed"] <= 2 <= counts["clips_per_video_per_run"]
+    assert counts["planned_starts_one_seed"] <= counts["planned_starts_five_seeds"] <= counts["all_starts"]
+    rows = result["table"]["gflop_per_video"]
+    one, sweep = rows["one run"], rows["5 runs, one seed"]
+    assert sweep[0] == pytest.approx(5 * one[0]) and sweep[2] < 5 * one[2]  # the cache is built once
+    cpu = result["cpu"]
+    for name in ("(a) authors", "(b) mosic, tracker in the step", "(c) mosic, cache for the run"):
+        assert cpu[name][0] > 0
+    assert 0 < cpu["data_cpu_s_per_clip_h264"] < 5 and 0 < cpu["data_cpu_s_per_clip_jpeg"] < 5

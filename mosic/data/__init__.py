@@ -3,6 +3,7 @@
 from .check import check_videos
 from .clips import BadVideoWarning, ClipDataset, ClipMeta, ClipTooShortError, NoUsableVideosError, collate_clips
 from .image_segmentation import ADE20K, COCOStuff, DatasetLayoutError, MaskValueError, PascalVOC
+from .prepared import PreparedFrames, PreparedSettings, StalePreparedError, prepare_frames
 from .readers import ConcatSource, FrameFolderSource, VideoFileSource, VideoReadError, open_videos
 from .source import GroundTruth, VideoSource
 from .synthetic import SyntheticVideos
@@ -25,6 +26,9 @@ __all__ = [
     "MissingAnnotationError",
     "NoUsableVideosError",
     "PascalVOC",
+    "PreparedFrames",
+    "PreparedSettings",
+    "StalePreparedError",
     "SyntheticVideos",
     "VideoFileSource",
     "VideoReadError",
@@ -34,5 +38,6 @@ __all__ = [
     "check_videos",
     "collate_clips",
     "open_videos",
+    "prepare_frames",
     "random_resized_crop",
 ]

@@ -97,6 +97,10 @@ class ClipDataset(Dataset):
     Returns dicts ``{"frames": (T, 3, size, size) uint8, "meta": ClipMeta, "skipped": [...]}``.
     With a ``track_cache`` (:class:`mosic.data.track_cache.TrackCache`) clips start at the
     cached starts and the dict also holds ``"tracks"``: the cached tracks mapped into the view.
+    With ``prepared`` (:class:`mosic.data.prepared.PreparedFrames`, ``mosic prepare``) frames are
+    read from the prepared store instead of decoded, and clips start on its lattice of starts
+    (like a track cache's, drawn the same way); the crop is drawn in source pixels as without
+    it, so ``meta.transform`` and tracks are the same, and only the resampling of pixels differs.
 
     Bad videos: with ``skip_bad_videos`` (the default) a video that cannot be read
     (:class:`~mosic.data.readers.VideoReadError`) or is shorter than a clip
@@ -122,6 +126,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         track_cache: Any = None,
         skip_bad_videos: bool = True,
+        prepared: Any = None,
     ):
         if len(source) == 0:
             raise ValueError("the video source is empty")
@@ -134,6 +139,7 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.track_cache = track_cache
         self.skip_bad_videos = skip_bad_videos
+        self.prepared = prepared
         self.epoch = 0
         self._unusable: dict[int, str] = {}  # video index -> reason; never usable, in this process
         self._warned: set[int] = set()  # videos this process has warned about
@@ -184,7 +190,7 @@ class ClipDataset(Dataset):
         """Why video ``index`` can give no clip at all (it cannot be opened, or is shorter than a
         clip), remembered and warned about once; None when it may."""
         try:
-            available = self.source.num_frames(index)
+            available = (self.prepared or self.source).num_frames(index)  # a prepared store: no probe
         except VideoReadError as error:
             reason, where = error.reason, error.path
         else:
@@ -213,21 +219,29 @@ class ClipDataset(Dataset):
         """The sample of video ``index`` drawn with ``seed``."""
         rng = np.random.default_rng(seed)
         name = self.source.video_name(index)
-        cache = self.track_cache
-        if cache is None:
+        cache, prepared = self.track_cache, self.prepared
+        if cache is None and prepared is None:
             frame_indices = clip_frame_indices(self.source.num_frames(index), self.num_frames, self.frame_stride, rng, name)
         else:
             # drawn from every start a clip could have, whether or not this cache tracked it
             # (a cache planned for some runs holds only their starts): the same clip either way
-            starts, stride = cache.candidate_starts(index), cache.stride(index)
+            lattice = cache if cache is not None else prepared
+            starts, stride = lattice.candidate_starts(index), lattice.stride(index)
             start = draw_start(rng, starts)
             frame_indices = [start + stride * k for k in range(self.num_frames)]
-        frames = torch.from_numpy(np.ascontiguousarray(self.source.read_frames(index, frame_indices)))
-        frames = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
-        height, width = frames.shape[-2:]
+        if prepared is None:
+            frames = torch.from_numpy(np.ascontiguousarray(self.source.read_frames(index, frame_indices)))
+            frames = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
+            height, width = frames.shape[-2:]
+        else:
+            height, width = prepared.source_size(index)  # the crop is drawn in source pixels either way
         transform = random_resized_crop(rng, height, width, self.size, self.crop_scale, flip_probability=self.flip_probability)
+        if prepared is None:
+            view = transform.apply_to_frames(frames).contiguous()
+        else:
+            view = prepared.read_view(index, frame_indices, transform)
         meta = ClipMeta(name, index, frame_indices, transform, seed, self.source.ground_truth(index))
-        sample = {"frames": transform.apply_to_frames(frames).contiguous(), "meta": meta}
+        sample = {"frames": view, "meta": meta}
         if cache is not None:
             sample["tracks"] = tracks_in_view(cache.load(index, frame_indices[0]), transform)
         return sample
