@@ -171,7 +171,7 @@ def test_rerun_skips_and_a_changed_video_is_rejected(prepared_dir, tmp_path):
     prepare_frames(Edited(videos()), copy, SETTINGS, on_video=lambda i, name: redone.append(i))
     assert redone == [0]  # only the changed video
     PreparedFrames(copy, Edited(videos()), EXPECT)
-    with pytest.raises(StalePreparedError, match="cover 3 videos, the source has 2"):
+    with pytest.raises(StalePreparedError, match="covers 3 videos, the source has 2"):
         PreparedFrames(copy, videos(num_videos=2), EXPECT)
     with pytest.raises(StalePreparedError, match="no prepared frames"):
         PreparedFrames(tmp_path / "nothing", videos(), EXPECT)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from .clips import BadVideoWarning, ClipTooShortError, effective_stride
 from .readers import VideoReadError, file_sha256
 from .source import VideoSource, decoder_name
-from .track_cache import StaleCacheError, clip_starts, video_fingerprint
+from .track_cache import StaleCacheError, clip_starts, open_manifest_folder, video_fingerprint
 from .transforms import ViewTransform
 
 PREPARED_VERSION = 1
@@ -319,27 +319,11 @@ class PreparedFrames:
         if verify not in ("size", "sha256"):
             raise ValueError(f"verify must be 'size' or 'sha256', got {verify!r}")
         self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
-            raise StalePreparedError(f"no prepared frames at {self.path} (no {MANIFEST}); create them with `mosic prepare`")
-        manifest = _read_manifest(self.path)
-        if not manifest.get("complete"):
-            raise StalePreparedError(f"the prepared frames at {self.path} are incomplete; run the same `mosic prepare` again to finish")
-        self.settings = PreparedSettings(**manifest["settings"])
-        wrong = {k: v for k, v in (expect or {}).items() if getattr(self.settings, k) != v}
-        if wrong:
-            raise StalePreparedError(
-                f"the frames at {self.path} were prepared with "
-                + ", ".join(f"{k}={getattr(self.settings, k)!r}" for k in wrong)
-                + " but this run uses "
-                + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-                + "; re-run `mosic prepare` with the run's settings (into a new --out), or change the run's settings"
-            )
+        manifest, self.settings = open_manifest_folder(
+            self.path, source, expect, what="the prepared frames", rebuild="`mosic prepare`",
+            settings_type=PreparedSettings, error=StalePreparedError, read=_read_manifest,
+        )  # fmt: skip
         self.videos = manifest["videos"]
-        if len(self.videos) != len(source):
-            raise StalePreparedError(
-                f"the prepared frames at {self.path} cover {len(self.videos)} videos, the source has {len(source)}; "
-                "re-run `mosic prepare` on these videos"
-            )
         for index, entry in enumerate(self.videos):
             name = source.video_name(index)
             if entry["name"] != name:

@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -226,6 +226,43 @@ def _diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: cache {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
+def open_manifest_folder(
+    path: Path,
+    source: VideoSource,
+    expect: dict[str, Any] | None,
+    *,
+    what: str,
+    rebuild: str,
+    settings_type: type,
+    error: type[Exception] = StaleCacheError,
+    read: Callable[[Path], dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """(manifest, settings) of a folder a mosic command wrote (a track cache, prepared frames),
+    after the checks both share: the manifest exists and is complete, the settings equal
+    ``expect``, and it covers as many videos as ``source``; else ``error``. ``what`` names
+    the folder ("the track cache"), ``rebuild`` says how to fix it, ``read`` reads and checks
+    its manifest (default: the track cache's)."""
+    if not (path / MANIFEST).is_file():
+        raise error(f"no {what.removeprefix('the ')} at {path} (no {MANIFEST}); create it with {rebuild}")
+    manifest = (read or _read_manifest)(path)
+    if not manifest.get("complete"):
+        raise error(f"{what} at {path} is incomplete; run the same {rebuild} again to finish it")
+    settings = settings_type(**manifest["settings"])
+    wrong = {k: v for k, v in (expect or {}).items() if getattr(settings, k) != v}
+    if wrong:
+        raise error(
+            f"{what} at {path} was made with "
+            + ", ".join(f"{k}={getattr(settings, k)!r}" for k in wrong)
+            + " but this run uses "
+            + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+            + f"; re-run {rebuild} with the run's settings (into a new --out), or change the run's settings"
+        )
+    count = len(manifest["videos"])
+    if count != len(source):
+        raise error(f"{what} at {path} covers {count} videos, the source has {len(source)}; re-run {rebuild} on these videos")
+    return manifest, settings
+
+
 class TrackCache:
     """A track cache opened for training on ``source``.
 
@@ -238,24 +275,10 @@ class TrackCache:
 
     def __init__(self, path: str | os.PathLike, source: VideoSource, expect: dict[str, Any] | None = None):
         self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
-            raise StaleCacheError(f"no track cache at {self.path} (no {MANIFEST}); create one with `mosic track`")
-        manifest = _read_manifest(self.path)
-        if not manifest.get("complete"):
-            raise StaleCacheError(f"the track cache at {self.path} is incomplete; run the same `mosic track` again to finish it")
-        self.settings = CacheSettings(**manifest["settings"])
-        wrong = {k: v for k, v in (expect or {}).items() if getattr(self.settings, k) != v}
-        if wrong:
-            raise StaleCacheError(
-                f"the track cache at {self.path} was made with "
-                + ", ".join(f"{k}={getattr(self.settings, k)!r}" for k in wrong)
-                + " but this run uses "
-                + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-                + "; rebuild it with mosic track or change the run's settings"
-            )
+        manifest, self.settings = open_manifest_folder(
+            self.path, source, expect, what="the track cache", rebuild="`mosic track`", settings_type=CacheSettings
+        )
         self.videos = manifest["videos"]
-        if len(self.videos) != len(source):
-            raise StaleCacheError(f"the track cache at {self.path} covers {len(self.videos)} videos, the source has {len(source)}")
         for index, entry in enumerate(self.videos):
             if "error" in entry:  # unreadable when tracked: training skips it (reading fails again)
                 if entry["name"] != source.video_name(index):

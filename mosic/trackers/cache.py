@@ -1,23 +1,6 @@
 """Track cache, the writing side: run a tracker once per video (``mosic track``).
 
-Tracking dominated the authors' training step (~75% of its FLOPs, REFERENCE-NOTES §1).
-``mosic track VIDEOS --tracker NAME --out CACHE`` tracks, for every video, a G x G grid
-of source-frame points from each cached clip start ``s`` (every ``start_step`` frames)
-through the clip's frames ``s, s + stride, ..., s + stride (T - 1)``; the same frames the
-training loop samples. Training with ``tracker.cache=CACHE`` draws clip starts from the
-cached ones and maps the stored tracks through the clip's crop/resize/flip
-(:class:`~mosic.data.transforms.ViewTransform`); a point outside the view, or whose
-frame-0 position is outside it, is invisible.
-
-Layout::
-
-    CACHE/manifest.json           settings, provenance, one entry per video (fingerprint, decoder, sha256)
-    CACHE/tracks/000000.safetensors   xy (S, T, N, 2) float32 source pixels,
-                                      visible (S, T, N) uint8, starts (S,) int64
-
-A cache whose settings (tracker, weights, clip length, stride) or videos (name, frame
-count, content fingerprint, file checksum) do not match raises :class:`StaleCacheError`;
-it is never used silently.
+What a cache holds, its layout and its staleness rules: :mod:`mosic.data.track_cache`.
 
 The reading side (:class:`~mosic.data.track_cache.TrackCache`, used by training) lives in
 :mod:`mosic.data.track_cache`.
