@@ -126,6 +126,31 @@ class CoTracker3Base(nn.Module):
         """dtype of the parameters (float32 normally); features, coordinates and logits use it."""
         return self.corr_mlp.fc1.weight.dtype
 
+    def forward(
+        self,
+        video: torch.Tensor,
+        queries: torch.Tensor,
+        iters: int = 6,
+        point_chunk: int | None = None,
+        frames_per_chunk: int = 16,
+        amp_dtype: torch.dtype | None = None,
+        add_space_attn: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Track queries jointly through whole videos: :meth:`encode`, then the subclass's
+        ``forward_features`` (everything that depends on the queries).
+
+        Args:
+            video: (B, T, 3, H, W) values 0..255, normally at ``model_resolution``
+                (other sizes are resized, the coordinates stay those of ``model_resolution``).
+            queries: (B, N, 3) rows (t, x, y), x and y in ``model_resolution`` pixels.
+            iters: refinement iterations (the predictors use 6).
+            point_chunk: points processed together in the per-point parts (exact).
+        Returns:
+            coords (B, T, N, 2) pixels, visibility and confidence probabilities (B, T, N).
+        """
+        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
+        return self.forward_features(pyramid, queries, iters, point_chunk, amp_dtype, add_space_attn)
+
     # ----------------------------------------------------------------- features
 
     def encode(
@@ -259,30 +284,6 @@ class CoTracker3Offline(CoTracker3Base):
     def __init__(self, window_len: int = 60, **kwargs):
         super().__init__(window_len=window_len, **kwargs)
 
-    def forward(
-        self,
-        video: torch.Tensor,
-        queries: torch.Tensor,
-        iters: int = 6,
-        point_chunk: int | None = None,
-        frames_per_chunk: int = 16,
-        amp_dtype: torch.dtype | None = None,
-        add_space_attn: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Track queries jointly through whole videos.
-
-        Args:
-            video: (B, T, 3, H, W) values 0..255, normally at ``model_resolution``
-                (other sizes are resized, the coordinates stay those of ``model_resolution``).
-            queries: (B, N, 3) rows (t, x, y), x and y in ``model_resolution`` pixels.
-            iters: refinement iterations (the predictors use 6).
-            point_chunk: points processed together in the per-point parts (exact).
-        Returns:
-            coords (B, T, N, 2) pixels, visibility and confidence probabilities (B, T, N).
-        """
-        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
-        return self.forward_features(pyramid, queries, iters, point_chunk, amp_dtype, add_space_attn)
-
     def forward_features(
         self,
         pyramid: Sequence[torch.Tensor],
@@ -325,20 +326,6 @@ class CoTracker3Online(CoTracker3Base):
 
     def num_windows(self, t: int) -> int:
         return num_sliding_windows(t, self.window_len)
-
-    def forward(
-        self,
-        video: torch.Tensor,
-        queries: torch.Tensor,
-        iters: int = 6,
-        point_chunk: int | None = None,
-        frames_per_chunk: int = 16,
-        amp_dtype: torch.dtype | None = None,
-        add_space_attn: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same arguments and outputs as :meth:`CoTracker3Offline.forward`."""
-        pyramid = self.encode(video, frames_per_chunk, amp_dtype)
-        return self.forward_features(pyramid, queries, iters, point_chunk, amp_dtype, add_space_attn)
 
     def forward_features(
         self,
