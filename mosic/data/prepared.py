@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from .clips import BadVideoWarning, ClipTooShortError, effective_stride
 from .readers import VideoReadError, file_sha256
 from .source import VideoSource, decoder_name
-from .track_cache import StaleCacheError, clip_starts, open_manifest_folder, video_fingerprint
+from .track_cache import StaleCacheError, check_video_entries, clip_starts, open_manifest_folder, video_fingerprint, write_manifest
 from .transforms import ViewTransform
 
 PREPARED_VERSION = 1
@@ -103,19 +102,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _write_manifest(out: Path, settings: PreparedSettings, entries: list[dict], complete: bool) -> None:
-    manifest = {
-        "version": PREPARED_VERSION,
-        "complete": complete,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": asdict(settings),
-        "videos": entries,
-    }
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / MANIFEST)
+    write_manifest(out, PREPARED_VERSION, settings, entries, complete)
 
 
 _ENTRY_KEYS = {
@@ -148,22 +135,7 @@ def _read_manifest(out: Path) -> dict[str, Any]:
     videos = manifest.get("videos")
     if not isinstance(videos, list):
         raise bad(f"'videos' must be a list, got {type(videos).__name__}")
-    root = out.resolve()
-    for i, entry in enumerate(videos):
-        if not isinstance(entry, dict):
-            raise bad(f"video entry {i} must be an object")
-        if "error" in entry:
-            if set(entry) != {"name", "error"} or not all(isinstance(v, str) for v in entry.values()):
-                raise bad(f"video entry {i} of an unreadable video must hold 'name' and 'error' strings only")
-            continue
-        for key, kind in _ENTRY_KEYS.items():
-            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
-                raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
-        if not all(isinstance(f, int) and not isinstance(f, bool) for f in entry["frames"] + entry["shape"]):
-            raise bad(f"video entry {i}: 'frames' and 'shape' must be lists of ints")
-        file = entry["file"]
-        if Path(file).is_absolute() or not (out / file).resolve().is_relative_to(root):
-            raise bad(f"video entry {i} names the file {file!r}, outside the folder")
+    check_video_entries(videos, _ENTRY_KEYS, ["frames", "shape"], out, bad)
     return manifest
 
 

@@ -29,7 +29,8 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -166,6 +167,50 @@ def video_fingerprint(source: VideoSource, index: int) -> str:
     return h.hexdigest()
 
 
+def write_manifest(out: Path, version: int, settings: Any, entries: list[dict], complete: bool, name: str = MANIFEST) -> None:
+    """Write a folder's manifest atomically (a temporary file, fsync, then ``os.replace``):
+    ``version``, ``complete``, the creation time, ``settings`` (a dataclass) and the video entries."""
+    manifest = {
+        "version": version,
+        "complete": complete,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": asdict(settings),
+        "videos": entries,
+    }
+    tmp = out / (name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / name)
+
+
+def check_video_entries(
+    videos: list, entry_keys: dict[str, type], int_lists: Sequence[str], folder: Path, bad, files: str = "file", where: str = "folder"
+) -> None:
+    """The video entries of an untrusted manifest: each an object with ``entry_keys`` of their
+    types (an unreadable video: ``name`` and ``error`` strings only), the lists ``int_lists`` of
+    ints, and a ``file`` inside ``folder``; ``bad(why)`` is the exception to raise (``files`` and
+    ``where`` name the files and the folder in its message)."""
+    root = folder.resolve()
+    for i, entry in enumerate(videos):
+        if not isinstance(entry, dict):
+            raise bad(f"video entry {i} must be an object, got {type(entry).__name__}")
+        if "error" in entry:  # a video the command could not read: name and reason only
+            if set(entry) != {"name", "error"} or not all(isinstance(v, str) for v in entry.values()):
+                raise bad(f"video entry {i} of an unreadable video must hold 'name' and 'error' strings only")
+            continue
+        for key, kind in entry_keys.items():
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
+        for key in int_lists:
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[key]):
+                raise bad(f"video entry {i}: {key!r} must be a list of ints")
+        file = entry["file"]
+        if Path(file).is_absolute() or not (folder / file).resolve().is_relative_to(root):
+            raise bad(f"video entry {i} names the {files} {file!r}, outside the {where}")
+
+
 def _read_manifest(out: Path, name: str = MANIFEST) -> dict[str, Any]:
     try:
         manifest = json.loads((out / name).read_text(encoding="utf-8"))
@@ -204,22 +249,7 @@ def _check_manifest(manifest: Any, path: Path, name: str = MANIFEST) -> None:
     videos = manifest.get("videos")
     if not isinstance(videos, list):
         raise bad(f"'videos' must be a list, got {type(videos).__name__}")
-    root = path.resolve()
-    for i, entry in enumerate(videos):
-        if not isinstance(entry, dict):
-            raise bad(f"video entry {i} must be an object, got {type(entry).__name__}")
-        if "error" in entry:  # a video mosic track could not read: name and reason only
-            if set(entry) != {"name", "error"} or not all(isinstance(v, str) for v in entry.values()):
-                raise bad(f"video entry {i} of an unreadable video must hold 'name' and 'error' strings only")
-            continue
-        for key, kind in _ENTRY_KEYS.items():
-            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
-                raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
-        if not all(isinstance(st, int) and not isinstance(st, bool) for st in entry["starts"]):
-            raise bad(f"video entry {i}: 'starts' must be a list of ints")
-        file = entry["file"]
-        if Path(file).is_absolute() or not (path / file).resolve().is_relative_to(root):
-            raise bad(f"video entry {i} names the track file {file!r}, outside the cache folder")
+    check_video_entries(videos, _ENTRY_KEYS, ["starts"], path, bad, "track file", "cache folder")
 
 
 def _diff(old: dict, new: dict) -> str:

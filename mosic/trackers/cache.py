@@ -7,9 +7,7 @@ The reading side (:class:`~mosic.data.track_cache.TrackCache`, used by training)
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +32,7 @@ from ..data.track_cache import (  # the reading side, re-exported here
     clip_starts,
     default_cache_grid,
     video_fingerprint,
+    write_manifest,
 )
 from ..data.transforms import tracks_in_view
 from .base import Tracker
@@ -231,16 +230,4 @@ def _track_video(source, index, tracker, settings, file: Path, starts: list[int]
 def _write_manifest(
     out: Path, settings: CacheSettings, entries: list[dict], complete: bool, name: str = MANIFEST
 ) -> None:
-    manifest = {
-        "version": CACHE_VERSION,
-        "complete": complete,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": asdict(settings),
-        "videos": entries,
-    }
-    tmp = out / (name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / name)
+    write_manifest(out, CACHE_VERSION, settings, entries, complete, name)
