@@ -18,7 +18,7 @@ every component and the whole step once in turn, after one warm-up call of each:
   them (projection head + prototypes, no grad); read the student's B*N frame-0 point
   features (nearest), score them, cross-entropy, backward to the tokens;
 * Sinkhorn: ``mosic.sinkhorn.sinkhorn`` on the (B*T*N, K) teacher scores, fp32;
-* EMA update: ``mosic.ema.ema_update_`` over the trainable parameters;
+* EMA update: ``mosic.train.student_teacher.ema_update_`` over the trainable parameters;
 * AdamW step: ``optimizer.step()`` over the trainable parameters;
 * prototype re-normalisation (student and teacher);
 * the whole ``PostPretrainer.train_step``; "unaccounted" is the step minus the parts.
@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import mosic
-import mosic.trainer
-from mosic.ema import ema_update_
+import mosic.train.inputs
+from mosic.train.student_teacher import ema_update_
 from mosic.points import sample_at_points
 from mosic.sinkhorn import sinkhorn
 
@@ -170,7 +170,7 @@ def component_fns(trainer: mosic.PostPretrainer, batch: dict) -> dict[str, Calla
     images = backbone.preprocess(frames)
     mask = None
     if trainer.config.train.mask_ratio > 0:  # the step's per-clip masks
-        mask = mosic.trainer._token_masks(metas, 1, height // patch, width // patch, trainer.config.train.mask_ratio)
+        mask = mosic.train.inputs.token_masks(metas, 1, height // patch, width // patch, trainer.config.train.mask_ratio)
         mask = None if mask is None else mask.to(device)
     with torch.no_grad(), autocast():
         teacher_tokens = teacher.tokens(images)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from mosic.data.clips import ClipDataset, collate_clips
-from mosic.data.readers import open_videos
+from mosic.data.video_files import open_videos
 
 READERS = ("pyav", "torchcodec", "decord", "frames", "prepared")
 

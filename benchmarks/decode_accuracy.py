@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mosic.data.readers import VideoFileSource, available_backends
+from mosic.data.decoders import available_backends
 from mosic.data.stamped import CORPUS, audit_backend, reference_stamps, write_decode_corpus
+from mosic.data.video_files import VideoFileSource
 
 
 def watchdog_cost(path: Path, clips: int, num_frames: int, stride: int) -> dict:

@@ -249,7 +249,7 @@ def cpu_instance(args: argparse.Namespace) -> dict:
     """Run the three pipelines on a small real instance; CPU seconds of each."""
     from mosic.cli import main as cli
     from mosic.data.clips import ClipDataset, collate_clips
-    from mosic.data.readers import open_videos
+    from mosic.data.video_files import open_videos
 
     loading = _load("data_loading")
     root = Path(args.dir or tempfile.mkdtemp(prefix="mosic-e2e-"))

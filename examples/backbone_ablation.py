@@ -33,8 +33,7 @@ import time
 from pathlib import Path
 
 import mosic
-from mosic.data import SyntheticVideos
-from mosic.data.readers import open_videos
+from mosic.data import SyntheticVideos, open_videos
 from mosic.eval import evaluate_video_clustering
 
 #: the recipe shared by every backbone: the paper's defaults (RunConfig), the oracle

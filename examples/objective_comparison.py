@@ -11,13 +11,13 @@ one objective, then measures on 16 held-out synthetic videos:
   points in frame 0, its own query point as nearest neighbour (cosine). This is what
   the MoSiC loss asks for (the same physical point keeps its cluster over time);
 - the fraction of (point, frame) targets on which tracked and static targets differ
-  under the initial teacher (how different the supervision of `mosic` and `static` is).
+  under the initial teacher (how different the supervision of `mosic` and `mosic-still` is).
 
 Usage::
 
     python examples/objective_comparison.py --out runs/objectives            # ~20 min on 2 CPU cores
     python examples/objective_comparison.py --smoke --out /tmp/objectives    # seconds, for the tests
-    python examples/objective_comparison.py --stride 6 --objectives mosic static
+    python examples/objective_comparison.py --stride 6 --objectives mosic mosic-still
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from mosic.eval.clustering import evaluate_video_clustering
 from mosic.points import sample_at_points
 from mosic.trackers import OracleTracker, query_grid
 
-OBJECTIVES = ["mosic", "mosic-propagated", "static", "spacetime-kmeans", "correspondence"]
+OBJECTIVES = ["mosic", "mosic-propagated", "mosic-still", "spacetime-kmeans", "correspondence"]
 EVAL_FRAMES, EVAL_STRIDE, EVAL_GRID = 8, 2, 8
 
 
@@ -74,7 +74,7 @@ def track_consistency(backbone: mosic.Backbone, source: SyntheticVideos, frame_s
 @torch.no_grad()
 def target_difference(trainer: mosic.PostPretrainer, source: SyntheticVideos) -> float:
     """% of visible (point, frame > 0) entries whose teacher Sinkhorn target differs between
-    tracked positions (`mosic`) and still positions (`static`), under the current teacher."""
+    tracked positions (`mosic`) and still positions (`mosic-still`), under the current teacher."""
     from mosic.data.clips import ClipDataset, collate_clips
     from mosic.objectives import MoSiCObjective, ObjectiveInputs
 

@@ -47,8 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import mosic
-from mosic.data import SyntheticVideos
-from mosic.data.readers import open_videos
+from mosic.data import SyntheticVideos, open_videos
 from mosic.eval import evaluate_video_clustering
 from mosic.eval.tracking import evaluate_tracker
 

@@ -12,9 +12,9 @@ from .config import ConfigError, RunConfig
 from .objectives import OBJECTIVES, Objective, register_objective
 from .registry import UnknownNameError
 from .trackers import TRACKERS, Tracker, Tracks, query_grid, register_tracker
-from .trainer import PostPretrainer
+from .train import PostPretrainer
 
-__version__ = "0.1.0.dev0"
+from .version import __version__
 
 
 def create_backbone(name: str, **kwargs) -> Backbone:
@@ -57,6 +57,7 @@ __all__ = [
     "RunConfig",
     "Tracker",
     "Tracks",
+    "__version__",
     "UnknownNameError",
     "create_backbone",
     "create_objective",

@@ -27,7 +27,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", choices=["backbones", "trackers", "objectives", "presets"])
-    lst.add_argument("-v", "--verbose", action="store_true", help="print each backbone's card and parameter count")
+    lst.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="print each entry's card (backbones: with the parameter count; trackers: weights, licence, input; "
+        "objectives: what they need)",
+    )
     lst.add_argument("pattern", nargs="?", help="glob filter, e.g. 'dinov2*'")
 
     show = sub.add_parser("config", help="print the default (or a given) config as YAML")
@@ -135,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .data.clips import NoUsableVideosError
-    from .data.readers import VideoReadError
+    from .errors import VideoReadError
     from .errors import WeightsUnavailableError
-    from .nonfinite import NonFiniteLossError
+    from .train.nonfinite import NonFiniteLossError
 
     user_errors = (
         ValueError, KeyError, FileNotFoundError, WeightsUnavailableError,
@@ -169,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
         for name in lister[args.kind](args.pattern):
             if args.verbose and args.kind == "backbones":
                 print(_backbone_summary(name))
+            elif args.verbose and args.kind in ("trackers", "objectives"):
+                print(_card_summary(mosic.TRACKERS if args.kind == "trackers" else mosic.OBJECTIVES, name))
             elif args.kind == "presets":
                 print(f"{name}: {preset_summary(name)}" if args.verbose else name)
             else:
@@ -207,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_results(results))
         return 0
     if args.command == "fit":
-        from .trainer import PostPretrainer
+        from .train import PostPretrainer
 
         config = RunConfig.load(args.config) if args.config else RunConfig()
         config = config.with_overrides(args.overrides)
@@ -260,7 +266,7 @@ def _track(args: argparse.Namespace) -> int:
     import time
 
 
-    from .data.readers import open_videos
+    from .data.video_files import open_videos
     from .trackers.base import TRACKERS
     from .trackers.cache import CacheSettings, default_cache_grid, weights_digest, write_track_cache
 
@@ -317,7 +323,7 @@ def _prepare(args: argparse.Namespace) -> int:
     import time
 
     from .data.prepared import PreparedFrames, PreparedSettings, default_short_side, prepare_frames
-    from .data.readers import open_videos
+    from .data.video_files import open_videos
 
     config = (RunConfig.load(args.config) if args.config else RunConfig()).with_overrides(args.overrides)
     data = config.data
@@ -353,7 +359,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _run_plan(runs: list[RunConfig], source, settings):
     """``plan(unusable)`` for write_track_cache: the union of the starts the runs read."""
-    from .data.readers import VideoReadError
+    from .errors import VideoReadError
     from .data.track_cache import planned_starts_for_run
 
     for run in runs:
@@ -387,7 +393,7 @@ def _track_eval(args: argparse.Namespace) -> int:
 
     source = None
     if args.videos:
-        from .data.readers import open_videos
+        from .data.video_files import open_videos
 
         source = open_videos(args.videos)
     from .device import resolve_device
@@ -412,6 +418,19 @@ def _track_eval(args: argparse.Namespace) -> int:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def _card_summary(registry, name: str) -> str:
+    """A tracker's or objective's card (no model is built) and the registry's aliases of the name."""
+    entry = registry.get(name)
+    card = entry.card
+    if card is None:
+        text = f"{name}: (no card)"
+    else:
+        text = card.summary() if hasattr(card, "summary") else f"{name}: {card}"
+    if entry.aliases:
+        text += f"\n  aliases: {', '.join(entry.aliases)} (accepted wherever {name!r} is)"
+    return text + "\n"
 
 
 def _backbone_summary(name: str) -> str:

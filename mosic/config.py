@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -124,8 +125,6 @@ class ObjectiveConfig(_Section):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        from .objectives.composite import parse_objective_expression
-
         parse_objective_expression(name)
         return name
 
@@ -488,3 +487,37 @@ def parse_key_values(items: list[str], what: str) -> dict:
         except yaml.YAMLError as exc:
             raise ValueError(f"{what} {item!r}: the value is not valid YAML ({exc.problem or exc})") from None
     return out
+
+
+# ---- objective.name: one registered name or a weighted sum of them ------------------------
+_TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*?\s*)?(?P<name>[A-Za-z_][\w\-.:]*)\s*$")
+
+
+def parse_objective_expression(expression: str) -> list[tuple[float, str]]:
+    """``"mosic + 0.1 correspondence"`` -> ``[(1.0, "mosic"), (0.1, "correspondence")]``.
+
+    Terms are separated by ``+``; each is ``[weight][*]name`` with a non-negative
+    weight (default 1). Names may contain ``-`` (``mosic-propagated``), so there is no
+    subtraction.
+    """
+    if not isinstance(expression, str):
+        raise TypeError(
+            f"objective name must be a string such as 'mosic' or 'mosic + 0.1 correspondence', "
+            f"got {type(expression).__name__}"
+        )
+    terms = []
+    for part in expression.split("+"):
+        match = _TERM.match(part)
+        if match is None:
+            raise ValueError(
+                f"cannot read {part.strip()!r} in the objective {expression!r}: write terms as "
+                "'name' or 'weight name' (or 'weight*name') joined by '+', e.g. 'mosic + 0.1 correspondence'"
+            )
+        weight = float(match["weight"]) if match["weight"] else 1.0
+        if not math.isfinite(weight):
+            raise ValueError(f"the weight of {match['name']!r} in the objective {expression!r} must be finite, got {weight}")
+        terms.append((weight, match["name"]))
+    names = [name for _, name in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the objective {expression!r} names a term twice; merge the weights")
+    return terms

@@ -44,7 +44,7 @@ def run_demo(
     """Train, evaluate before/after, write ``demo_results.json``; returns the results."""
     from .data.synthetic import SyntheticVideos
     from .eval.clustering import evaluate_video_clustering
-    from .trainer import PostPretrainer
+    from .train import PostPretrainer
 
     out_dir = Path(out_dir)
     config = demo_config(steps, out_dir).with_overrides({"train.progress": progress})

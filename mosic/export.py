@@ -86,7 +86,7 @@ def export_backbone(
 
 def _backbone_from_run(path: str | Path, model: str) -> tuple[Backbone, dict]:
     from .checkpoint import resolve_checkpoint
-    from .trainer import PostPretrainer
+    from .train import PostPretrainer
 
     if model not in ("teacher", "student"):
         raise ValueError(f"model must be 'teacher' or 'student', got {model!r}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from .checks import positive_int
 
 
 def pixels_to_grid(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -68,9 +69,6 @@ def _check_inputs(tokens: object, xy: object, patch_size: object, mode: object) 
         raise kind(f"sample_at_points: xy must be (B={b}, N, 2) float pixels (x, y), got {_describe(xy)}")
     if xy.device != tokens.device:
         raise ValueError(f"sample_at_points: xy must be on the device of tokens ({tokens.device}), got {xy.device}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
-        raise TypeError(f"sample_at_points: patch_size must be an int > 0 (pixels per patch side), got {type(patch_size).__name__}")
-    if patch_size < 1:
-        raise ValueError(f"sample_at_points: patch_size must be an int > 0 (pixels per patch side), got {patch_size}")
+    positive_int(patch_size, "sample_at_points: patch_size", what="an int > 0 (pixels per patch side)", type_error=True)
     if mode not in _MODES:
         raise ValueError(f"sample_at_points: mode must be 'bilinear' or 'nearest', got {mode!r}")

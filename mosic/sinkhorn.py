@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
+from .checks import positive_float, positive_int
 from .distributed import all_reduce_max, all_reduce_sum, is_distributed
 
 
@@ -66,14 +66,8 @@ def _check_inputs(scores: object, epsilon: object, iterations: object, mask: obj
             f"sinkhorn: scores must be an (M, K) float tensor with K >= 1 (M rows, K prototypes), "
             f"got {scores.dtype} {tuple(scores.shape)}"
         )
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(f"sinkhorn: epsilon must be a finite number > 0 (0.05 in the paper), got {type(epsilon).__name__}")
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"sinkhorn: epsilon must be a finite number > 0 (0.05 in the paper), got {epsilon!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
-        raise TypeError(f"sinkhorn: iterations must be an int >= 1 (10 in the paper), got {type(iterations).__name__}")
-    if iterations < 1:
-        raise ValueError(f"sinkhorn: iterations must be an int >= 1 (10 in the paper), got {iterations!r}")
+    positive_float(epsilon, "sinkhorn: epsilon", what="a finite number > 0 (0.05 in the paper)", type_error=True)
+    positive_int(iterations, "sinkhorn: iterations", what="an int >= 1 (10 in the paper)", type_error=True)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (scores.shape[0],):
             got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__

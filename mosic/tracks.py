@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from .checks import positive_int
+
 
 @dataclass
 class Tracks:
@@ -76,8 +78,7 @@ def query_grid(height: int, width: int, grid_size: int, frame: int = 0) -> torch
     Points sit at the centres of a G x G tiling of the image, row-major (y outer,
     x inner); with a 224 px image, G=16 and patch 14 every point is a patch centre.
     """
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-        raise ValueError(f"query_grid: grid_size must be an int >= 1, got {grid_size!r}")
+    positive_int(grid_size, "query_grid: grid_size")
     if height < 1 or width < 1:
         raise ValueError(f"query_grid: height and width must be >= 1, got {height} x {width}")
     xs = (torch.arange(grid_size, dtype=torch.float32) + 0.5) * (width / grid_size) - 0.5

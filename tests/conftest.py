@@ -36,6 +36,28 @@ def synthetic():
     return SyntheticVideos(num_videos=8, num_frames=12, size=32, seed=0)
 
 
+@pytest.fixture
+def marker(tmp_path):
+    """Where a malicious pickle (tests/helpers/untrusted.py) would create a file; the test fails if it does."""
+    path = tmp_path / "PWNED"
+    yield path
+    assert not path.exists(), "a malicious pickle was executed"
+
+
+@pytest.fixture
+def single_threaded():
+    """torch and faiss each bring an OpenMP runtime; on a busy 2-core machine their spinning
+    worker threads make every tiny K-means take 0.1-5 s. One thread each: milliseconds."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads(), torch.get_num_threads()
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads[0])
+    torch.set_num_threads(threads[1])
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -65,3 +65,16 @@ def test_track_eval_command(tmp_path, capsys):
     assert main(["track-eval", "--tracker", "oracle", "--num-videos", "2", "--num-frames", "8", "--grid", "4", "--out", str(out)]) == 0
     assert "| oracle | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
     assert json.loads(out.read_text())["delta_avg"] == 100.0
+
+
+def test_cli_lists_presets_and_fits_from_a_preset_name(capsys):
+    from mosic.cli import main
+
+    assert main(["list", "presets", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "dinov2-s14: MoSiC on DINOv2 ViT-S/14" in out
+    assert main(["config", "--config", "dino-s16", "objective.name=mosic + 0.5 static"]) == 0
+    shown = capsys.readouterr().out
+    assert "name: dino-s16" in shown and "epochs: 100" in shown and "mosic + 0.5 static" in shown
+    assert main(["config", "--config", "dinov2-s15"]) == 2
+    assert "did you mean dinov2-s14" in capsys.readouterr().err

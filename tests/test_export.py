@@ -2,12 +2,14 @@
 with identical features, without mosic."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import mosic
-from conftest import tiny_config
+from conftest import TINY_VIT, tiny_config
+from helpers.untrusted import REFUSED, evil_file
 from mosic.data.synthetic import SyntheticVideos
 from mosic.export import export_backbone
 
@@ -133,3 +135,59 @@ def test_export_command(run_dir, tmp_path, capsys):
     assert "wrote the teacher in hf format" in capsys.readouterr().out
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+
+
+# ---- untrusted export folders (tests/helpers/untrusted.py)
+
+
+#: a tiny DINO (it has an official torch.hub format, so it exports to every format)
+TINY_DINO = {**TINY_VIT, "depth": 1}
+
+
+@pytest.fixture(scope="module")
+def hub_export(tmp_path_factory):
+    """A tiny DINO exported in torch.hub format: model.pth (plain tensors), model.safetensors, mosic.json."""
+    from mosic.export import export_backbone
+
+    torch.manual_seed(0)
+    backbone = mosic.create_backbone("dino-s16", pretrained=False, **TINY_DINO).eval()
+    out = export_backbone(backbone, tmp_path_factory.mktemp("export") / "hub", format="torchhub")
+    return backbone, out
+
+
+def test_export_round_trip_loads_safely(hub_export, tmp_path):
+    from mosic.eval.features import resolve_backbone
+
+    backbone, out = hub_export
+    images = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = backbone.patch_tokens(images)
+    fresh = mosic.create_backbone("dino-s16", pretrained=False, **TINY_DINO).eval()
+    fresh.load_weights(out / "model.pth")  # plain tensors: torch.load(weights_only=True) reads them
+    assert torch.equal(fresh.patch_tokens(images), expected)
+    assert torch.equal(resolve_backbone(out).patch_tokens(images), expected)
+
+
+def test_tampered_export_folders_are_refused(hub_export, tmp_path, marker):
+    from mosic.eval.features import resolve_backbone
+
+    _, source = hub_export
+    out = tmp_path / "tampered"
+    shutil.copytree(source, out)
+    evil_file(out / "model.pth", marker)
+    fresh = mosic.create_backbone("dino-s16", pretrained=False, **TINY_DINO)
+    with pytest.raises(ValueError, match=REFUSED):
+        fresh.load_weights(out / "model.pth")
+    evil_file(out / "model.safetensors", marker)  # what resolve_backbone reads
+    with pytest.raises(ValueError, match=r"cannot read the safetensors file .*model\.safetensors"):
+        resolve_backbone(out)
+    info = json.loads((source / "mosic.json").read_text())
+    shutil.copy(source / "model.safetensors", out / "model.safetensors")
+    for bad, match in (
+        ("not json", r"mosic\.json is not a readable"),
+        (json.dumps([1, 2]), "must hold a JSON object"),
+        (json.dumps({**info, "backbone": "os.system"}), "not registered"),
+        (json.dumps({**info, "spec": {**info["spec"], "depth": "2; rm -rf /"}}), "spec values must be positive ints"),
+    ):
+        (out / "mosic.json").write_text(bad)
+        with pytest.raises(ValueError, match=match):
+            resolve_backbone(out)

@@ -1,10 +1,14 @@
-"""The package's import graph has no cycle, and the layers point one way: the data package
-never imports the trackers (the track cache's reader lives in data/, its writer in trackers/).
+"""The package's import graph has no cycle, and the layers point one way: the layers are the
+table of docs/design.md's package map (errors/tracks -> config -> data -> backbones/trackers
+-> objectives -> train -> eval/export -> cli/viz), read by these tests, so the map and the
+code cannot drift apart. (The data package, for one, never imports the trackers: the track
+cache's reader lives in data/, its writer in trackers/.)
 
 The graph is read from the source (every import, also those inside functions), so a lazy
 import that only hides a cycle at run time still counts."""
 
 import ast
+import re
 from pathlib import Path
 
 import mosic
@@ -86,5 +90,77 @@ def test_data_does_not_import_trackers():
     assert {m: ts for m, ts in wrong.items() if ts} == {}
 
 
-def test_tracks_is_the_core_type_and_imports_nothing_of_mosic_but_the_device_helper():
-    assert import_graph()["mosic.tracks"] <= {"mosic.device"}
+def test_tracks_is_the_core_type_and_imports_nothing_of_mosic_but_the_device_helper_and_checks():
+    assert import_graph()["mosic.tracks"] <= {"mosic.device", "mosic.checks"}
+    assert import_graph()["mosic.checks"] == set()
+
+
+# ---- the layer contract: docs/design.md's package map is the contract -------------------
+
+DESIGN = ROOT.parent / "docs" / "design.md"
+
+
+def layer_table() -> list[tuple[str, list[str]]]:
+    """The rows of the map's layer table, lowest layer first: (layer name, its parts), a
+    part being a top-level module (``config``) or a folder (``data/``)."""
+    text = DESIGN.read_text(encoding="utf-8")
+    section = text.split("## The package map", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0][:1].isdigit():
+            rows.append((cells[1], re.findall(r"`([\w/]+)`", cells[2])))
+    return rows
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package itself: mosic/__init__.py
+        return layers["__init__"]
+    return layers[parts[1] + "/"] if parts[1] + "/" in layers else layers[parts[1]]
+
+
+def layers() -> dict[str, int]:
+    found = {}
+    for i, (_, parts) in enumerate(layer_table()):
+        for part in parts:
+            assert part not in found, f"{part} sits in two layers of the map"
+            found[part] = i
+    return found
+
+
+def test_the_map_places_every_module_in_one_layer():
+    table = layers()
+    assert len(layer_table()) >= 6
+    for module in import_graph():
+        try:
+            layer_of(module, table)
+        except KeyError:
+            raise AssertionError(f"{module} is in no layer of docs/design.md's package map") from None
+    tops = {p.stem if p.is_file() else p.name + "/" for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    assert set(table) == tops, "the map names parts that are not in the package"
+
+
+def test_imports_point_down_the_layers():
+    table, names = layers(), [name for name, _ in layer_table()]
+    upward = [
+        f"{a} ({names[layer_of(a, table)]}) imports {b} ({names[layer_of(b, table)]})"
+        for a, targets in import_graph().items()
+        for b in sorted(targets)
+        if layer_of(b, table) > layer_of(a, table)
+    ]
+    assert upward == [], "imports against the layers of docs/design.md:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    table = layers()
+    assert layer_of("mosic.data.clips", table) < layer_of("mosic.train.trainer", table)
+    assert layer_of("mosic.cli", table) == layer_of("mosic", table)
+
+
+def test_the_concepts_the_map_names_exist():
+    section = DESIGN.read_text(encoding="utf-8").split("## The package map", 1)[1].split("\n## ", 1)[0]
+    paths = set(re.findall(r"`(mosic/[\w/]+\.py)`", section))
+    assert len(paths) >= 20
+    missing = sorted(p for p in paths if not (ROOT.parent / p).is_file())
+    assert missing == [], f"docs/design.md's map names files that do not exist: {missing}"

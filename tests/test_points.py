@@ -1,6 +1,11 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
+from helpers.fuzz import FLOATS, FUZZ
 from mosic.points import sample_at_points
 
 
@@ -62,3 +67,125 @@ def test_bf16_tokens_are_read_at_exact_fp32_positions():
     assert read.dtype == torch.float32
     expected = (xy[0, :, 0] - 6.5) / 14  # pixel x -> fractional patch-centre index
     assert torch.allclose(read[0, :, 0], expected, atol=1e-4)  # a bf16 grid is off by up to ~0.06
+
+
+# ---- fuzzing (hypothesis, tests/helpers/fuzz.py)
+
+
+@FUZZ
+@given(
+    b=st.integers(1, 3),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    d=st.integers(1, 5),
+    n=st.integers(0, 10),
+    patch=st.integers(1, 16),
+    dtype=FLOATS,
+    seed=st.integers(0, 2**16),
+)
+def test_sample_at_points_valid(b, h, w, d, n, patch, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, h, w, d, generator=g).to(dtype)
+    # anywhere, including outside the image (read from the border patch)
+    xy = torch.rand(b, n, 2, generator=g) * torch.tensor([w * patch + 20.0, h * patch + 20.0]) - 10
+    for mode in ("bilinear", "nearest"):
+        out = sample_at_points(tokens, xy.to(dtype), patch, mode)
+        assert out.shape == (b, n, d) and out.dtype == torch.float32 and torch.isfinite(out).all()
+        lo, hi = tokens.float().amin((1, 2)), tokens.float().amax((1, 2))  # (B, D)
+        assert (out >= lo[:, None] - 1e-5).all() and (out <= hi[:, None] + 1e-5).all()  # convex combinations
+    # at patch centres: the token itself
+    rows = torch.randint(0, h, (b, n), generator=g)
+    cols = torch.randint(0, w, (b, n), generator=g)
+    centres = torch.stack([cols, rows], -1).float() * patch + (patch - 1) / 2
+    expected = tokens.float()[torch.arange(b)[:, None], rows, cols]
+    assert torch.equal(sample_at_points(tokens, centres, patch, "nearest"), expected)
+    torch.testing.assert_close(sample_at_points(tokens, centres, patch, "bilinear"), expected, atol=1e-5, rtol=1e-5)
+
+
+@FUZZ
+@given(
+    tokens_shape=st.lists(st.integers(0, 3), min_size=3, max_size=5),
+    xy_shape=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    tokens_dtype=st.sampled_from([torch.float32, torch.int64]),
+    xy_dtype=st.sampled_from([torch.float32, torch.float16, torch.int64, torch.int32]),
+    patch=st.one_of(st.integers(-1, 9), st.floats(0, 9), st.none()),
+    mode=st.sampled_from(["bilinear", "nearest", "bicubic", ""]),
+)
+def test_sample_at_points_invalid(tokens_shape, xy_shape, tokens_dtype, xy_dtype, patch, mode):
+    tokens, xy = torch.zeros(tokens_shape, dtype=tokens_dtype), torch.zeros(xy_shape, dtype=xy_dtype)
+    valid = (
+        len(tokens_shape) == 4 and tokens_dtype.is_floating_point and min(tokens_shape[1:3]) >= 1
+        and len(xy_shape) == 3 and xy_shape[0] == tokens_shape[0] and xy_shape[2] == 2 and xy_dtype.is_floating_point
+        and isinstance(patch, int) and patch >= 1 and mode in ("bilinear", "nearest")
+    )  # fmt: skip
+    if valid:
+        assert sample_at_points(tokens, xy, patch, mode).shape == (tokens_shape[0], xy_shape[1], tokens_shape[3])
+    else:
+        with pytest.raises((ValueError, TypeError), match="sample_at_points: "):
+            sample_at_points(tokens, xy, patch, mode)
+
+
+# ---- malformed inputs fail fast, with a message naming the argument and the expected form
+
+
+def test_sample_at_points_message_names_xy_and_its_form():
+    with pytest.raises(ValueError, match=r"^sample_at_points: xy must be \(B=2, N, 2\) float pixels \(x, y\), got torch.int64 \(2, 5, 3\)$"):
+        sample_at_points(torch.zeros(2, 3, 3, 4), torch.zeros(2, 5, 3, dtype=torch.int64), 8)
+
+
+@pytest.mark.parametrize(
+    "tokens,xy,patch,mode,error,match",
+    [
+        (torch.zeros(2, 3, 4), torch.zeros(2, 5, 2), 8, "bilinear", ValueError, r"tokens must be a \(B, h, w, D\) float patch grid, got torch.float32 \(2, 3, 4\)"),
+        (torch.zeros(2, 3, 3, 4, dtype=torch.int32), torch.zeros(2, 5, 2), 8, "bilinear", ValueError, r"tokens must be .*torch.int32"),
+        (np.zeros((2, 3, 3, 4)), torch.zeros(2, 5, 2), 8, "bilinear", TypeError, r"tokens must be .*got ndarray"),
+        (torch.zeros(2, 0, 3, 4), torch.zeros(2, 5, 2), 8, "bilinear", ValueError, r"tokens must be a \(B, h, w, D\) grid with h, w >= 1, got \(2, 0, 3, 4\)"),
+        (torch.zeros(2, 3, 3, 4), torch.zeros(3, 5, 2), 8, "bilinear", ValueError, r"xy must be \(B=2, N, 2\) float pixels \(x, y\), got torch.float32 \(3, 5, 2\)"),
+        (torch.zeros(2, 3, 3, 4), torch.zeros(2, 2), 8, "bilinear", ValueError, r"xy must be \(B=2, N, 2\)"),
+        (torch.zeros(2, 3, 3, 4), torch.zeros(2, 5, 2), 0, "bilinear", ValueError, r"patch_size must be an int > 0 .*got 0"),
+        (torch.zeros(2, 3, 3, 4), torch.zeros(2, 5, 2), 8.0, "bilinear", TypeError, r"patch_size must be an int > 0 .*got float"),
+        (torch.zeros(2, 3, 3, 4), torch.zeros(2, 5, 2), 8, "bicubic", ValueError, r"mode must be 'bilinear' or 'nearest', got 'bicubic'"),
+    ],
+)
+def test_sample_at_points_rejects_malformed_arguments(tokens, xy, patch, mode, error, match):
+    with pytest.raises(error, match="sample_at_points: " + match):
+        sample_at_points(tokens, xy, patch, mode)
+
+
+# ---- point reads == upsample to pixels, then index (nearest; borders and outside)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("patch", [8, 14])
+def test_point_reads_equal_upsample_then_index_on_the_border_and_outside(mode, patch):
+    """test_points covers bilinear at interior pixels; here nearest against nearest
+    upsampling, every border pixel, and points outside the image (they read the border)."""
+    g = torch.Generator().manual_seed(4)
+    b, h, w, d = 2, 3, 5, 4
+    height, width = h * patch, w * patch
+    tokens = torch.randn(b, h, w, d, generator=g)
+    corners = {"align_corners": False} if mode == "bilinear" else {}  # as sample_at_points
+    up = F.interpolate(tokens.permute(0, 3, 1, 2), scale_factor=patch, mode=mode, **corners)  # (B, D, H, W)
+    xs, ys = torch.arange(width), torch.arange(height)
+    border = torch.cat([
+        torch.stack([xs, torch.zeros_like(xs)], -1),
+        torch.stack([xs, torch.full_like(xs, height - 1)], -1),
+        torch.stack([torch.zeros_like(ys), ys], -1),
+        torch.stack([torch.full_like(ys, width - 1), ys], -1),
+    ])
+    interior = torch.stack([torch.randint(0, width, (40,), generator=g), torch.randint(0, height, (40,), generator=g)], -1)
+    pixels = torch.cat([border, interior]).expand(b, -1, -1)
+    expected = torch.stack([up[i, :, pixels[i, :, 1], pixels[i, :, 0]].t() for i in range(b)])
+    torch.testing.assert_close(sample_at_points(tokens, pixels.float(), patch, mode), expected, atol=1e-5, rtol=1e-5)
+
+    # outside the image (within and beyond the half-pixel margin): the nearest border pixel's read
+    outside = torch.tensor(
+        [[-0.5, 3.0], [-7.0, -9.0], [width - 0.5, 2.0], [width + 30.0, height + 30.0], [4.0, -0.25], [1.0, height + 3.0]]
+    )
+    clamped = torch.stack([outside[:, 0].round().clamp(0, width - 1), outside[:, 1].round().clamp(0, height - 1)], -1)
+    clamped = clamped.long().expand(b, -1, -1)
+    expected = torch.stack([up[i, :, clamped[i, :, 1], clamped[i, :, 0]].t() for i in range(b)])
+    got = sample_at_points(tokens, outside.expand(b, -1, -1), patch, mode)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    if mode == "nearest":  # nearest reads are token values exactly
+        assert torch.isin(got, tokens).all()

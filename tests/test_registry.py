@@ -95,3 +95,70 @@ def test_broken_plugin_warns_instead_of_breaking(tmp_path, monkeypatch):
     registry = Registry("objective", "mosic.objectives")
     with pytest.warns(UserWarning, match="could not load objective plugin 'broken'"):
         assert registry.list() == []
+
+
+# ---- every registry's unknown names list close matches
+
+
+@pytest.mark.parametrize(
+    "create,name,close",
+    [
+        (mosic.create_backbone, "dinov2-s16", "'dinov2-s14'"),
+        (mosic.create_tracker, "cotraker3", "'cotracker3'"),
+        (lambda name: mosic.create_objective(name, 8), "mosic-propagate", "'mosic-propagated'"),
+        (lambda name: mosic.create_objective(name, 8), "mosic + 0.1 corespondence", "'correspondence'"),
+    ],
+)
+def test_unknown_names_list_close_matches(create, name, close):
+    with pytest.raises(mosic.UnknownNameError, match=f"unknown .*Did you mean: .*{close}"):
+        create(name)
+
+
+def test_aliases_resolve_to_the_canonical_entry():
+    registry = Registry("widget")
+
+    class Widget:
+        name = "widget"
+
+        def __init__(self, width=1):
+            self.width = width
+
+    registry.register("wide", aliases=("broad", "large"), width=10)(Widget)
+    assert registry.list() == ["wide"] and registry.aliases() == {"broad": "wide", "large": "wide"}
+    assert "broad" in registry and registry.get("large") is registry.get("wide")
+    assert registry.canonical("broad") == "wide" and registry.get("wide").aliases == ("broad", "large")
+    made = registry.create("broad", width=3)
+    assert made.width == 3 and made.name == "wide"  # the stamped name is the canonical one
+    with pytest.raises(ValueError, match="'broad' is already registered"):
+        registry.register("broad")(lambda: None)
+    with pytest.raises(ValueError, match="'wide' is already registered"):
+        registry.register("other", aliases=("wide",))(lambda: None)
+    with pytest.raises(UnknownNameError, match=r"Did you mean: 'broad'.*broad \(= wide\)"):
+        registry.get("braod")
+    registry.register("broad", override=True)(lambda: "new")  # a name replaces the alias
+    assert registry.create("broad") == "new" and registry.aliases() == {"large": "wide"}
+    assert registry.get("wide").aliases == ("large",)
+
+
+def test_create_stamps_the_registry_name_on_classes_that_declare_one():
+    registry = Registry("widget")
+
+    @registry.register("b-widget", size="b")
+    @registry.register("a-widget", size="a")
+    class Named:
+        name = "a-widget"
+
+        def __init__(self, size="a"):
+            self.size = size
+            self.name = registry.name_for(type(self), size=size) or self.name
+
+    @registry.register("plain")
+    class Plain:
+        pass
+
+    assert registry.create("b-widget").name == "b-widget" and Named(size="b").name == "b-widget"
+    assert Named().name == "a-widget" and registry.name_for(Named, size="c") is None
+    assert "name" not in vars(registry.create("plain"))  # no name attribute: nothing stamped
+    assert mosic.create_tracker("lk").name == "lk"
+    assert mosic.create_backbone("vit-tiny", pretrained=False, depth=1, embed_dim=32, num_heads=2).name == "vit-tiny"
+    assert mosic.create_objective("mosic-propagated", embed_dim=8).name == "mosic-propagated"

@@ -2,7 +2,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+from helpers.fuzz import FLOATS, FUZZ
 from mosic.sinkhorn import plain_sinkhorn, sinkhorn
 
 
@@ -68,3 +71,91 @@ def test_balances_a_collapsed_input():
 def test_rejects_bad_shape():
     with pytest.raises(ValueError, match=r"\(M, K\)"):
         sinkhorn(torch.zeros(2, 3, 4))
+
+
+# ---- fuzzing (hypothesis, tests/helpers/fuzz.py)
+
+
+@FUZZ
+@given(
+    m=st.integers(0, 40),
+    k=st.integers(1, 12),
+    epsilon=st.floats(0.02, 2.0),
+    iterations=st.integers(1, 15),
+    dtype=FLOATS,
+    masked=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sinkhorn_valid(m, k, epsilon, iterations, dtype, masked, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.rand(m, k, generator=g) * 2 - 1).to(dtype)
+    mask = torch.rand(m, generator=g) < 0.7 if masked else None
+    q = sinkhorn(scores, epsilon, iterations, mask)
+    assert q.shape == (m, k) and q.dtype == torch.float32
+    assert torch.isfinite(q).all() and (q >= 0).all()
+    used = torch.ones(m, dtype=torch.bool) if mask is None else mask
+    assert torch.allclose(q[used].sum(1), torch.ones(int(used.sum())), atol=1e-4)  # used rows sum to 1
+    assert torch.equal(q[~used], torch.zeros(int((~used).sum()), k))  # the others are zero
+
+
+@FUZZ
+@given(
+    shape=st.lists(st.integers(0, 4), min_size=0, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.int64, torch.bool, torch.uint8]),
+    epsilon=st.one_of(st.floats(allow_nan=True), st.integers(-2, 2), st.text(max_size=2), st.none()),
+    iterations=st.one_of(st.integers(-2, 3), st.floats(0, 3), st.booleans(), st.none()),
+    mask_len=st.one_of(st.none(), st.integers(0, 5)),
+)
+def test_sinkhorn_invalid(shape, dtype, epsilon, iterations, mask_len):
+    scores = torch.zeros(shape, dtype=dtype)
+    mask = None if mask_len is None else torch.ones(mask_len, dtype=torch.bool)
+    valid = (
+        len(shape) == 2 and shape[1] >= 1 and dtype == torch.float32
+        and isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and math.isfinite(epsilon) and epsilon > 0
+        and isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 1
+        and (mask_len is None or mask_len == shape[0])
+    )  # fmt: skip
+    if valid:
+        assert sinkhorn(scores, epsilon, iterations, mask).shape == tuple(shape)
+    else:
+        with pytest.raises((ValueError, TypeError), match="sinkhorn: "):
+            sinkhorn(scores, epsilon, iterations, mask)
+
+
+# ---- malformed inputs fail fast, with a message naming the argument and the expected form
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"scores": [[0.1, 0.2]]}, TypeError, r"scores must be an \(M, K\) float tensor, got list"),
+        ({"scores": torch.zeros(2, 3, 4)}, ValueError, r"scores must be an \(M, K\) float tensor .*got torch.float32 \(2, 3, 4\)"),
+        ({"scores": torch.zeros(4, 3, dtype=torch.int64)}, ValueError, r"scores must be an \(M, K\) float .*torch.int64"),
+        ({"scores": torch.zeros(4, 0)}, ValueError, r"scores must be an \(M, K\) float tensor with K >= 1 .*got torch.float32 \(4, 0\)"),
+        ({"epsilon": 0.0}, ValueError, r"epsilon must be a finite number > 0 .*got 0.0"),
+        ({"epsilon": -0.05}, ValueError, r"epsilon must be a finite number > 0"),
+        ({"epsilon": math.nan}, ValueError, r"epsilon must be a finite number > 0 .*got nan"),
+        ({"epsilon": "0.05"}, TypeError, r"epsilon must be a finite number > 0 .*got str"),
+        ({"iterations": 0}, ValueError, r"iterations must be an int >= 1 .*got 0"),
+        ({"iterations": 2.5}, TypeError, r"iterations must be an int >= 1 .*got float"),
+        ({"iterations": True}, TypeError, r"iterations must be an int >= 1 .*got bool"),
+        ({"mask": torch.ones(5, dtype=torch.bool)}, ValueError, r"mask must be None or an \(M,\) = \(4,\) bool tensor, got torch.bool \(5,\)"),
+        ({"mask": torch.ones(4)}, ValueError, r"mask must be None or an \(M,\) = \(4,\) bool tensor, got torch.float32 \(4,\)"),
+        ({"mask": [True] * 4}, ValueError, r"mask must be None or an \(M,\) = \(4,\) bool tensor, got list"),
+    ],
+)
+def test_sinkhorn_rejects_malformed_arguments(kwargs, error, match):
+    args = {"scores": torch.zeros(4, 3), "epsilon": 0.05, "iterations": 3, "mask": None, **kwargs}
+    with pytest.raises(error, match="sinkhorn: " + match):
+        sinkhorn(**args)
+
+
+def test_sinkhorn_rejects_non_finite_used_rows_on_cpu():
+    scores = torch.zeros(4, 3)
+    scores[2, 1] = math.nan
+    with pytest.raises(ValueError, match=r"sinkhorn: scores must be finite in every used row .*inf/nan in 1 of 4 rows"):
+        sinkhorn(scores)
+    mask = torch.tensor([True, True, False, True])  # the bad row takes no part: accepted
+    q = sinkhorn(scores, mask=mask)
+    assert torch.equal(q[2], torch.zeros(3)) and torch.allclose(q[mask].sum(1), torch.ones(3))
+    assert sinkhorn(torch.zeros(0, 3)).shape == (0, 3)  # a process without rows (DDP)

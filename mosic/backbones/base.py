@@ -34,6 +34,8 @@ class Backbone(nn.Module, ABC):
     card: BackboneCard | None = None
     spec: ViTSpec | None = None
     weight_format: str | None = None
+    #: the registry name: ``BACKBONES.create(name)`` stamps it (subclasses may set a class default)
+    name: str = "backbone"
 
     @abstractmethod
     def patch_tokens(self, images: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:

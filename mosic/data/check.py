@@ -16,9 +16,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from ..errors import VideoReadError
 from .clips import effective_stride
-from .readers import VideoReadError, verify_video
 from .source import VideoSource
+from .video_files import verify_video
 
 
 def check_video(source: VideoSource, index: int, num_frames: int, stride: int, full: bool = False) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def format_report(rows: list[dict[str, Any]], num_frames: int, stride: int, show
 def run_check_data(args) -> int:
     """``mosic check-data``: exit status 0 when at least one video is usable, else 1."""
     from ..config import RunConfig
-    from .readers import open_videos
+    from .video_files import open_videos
 
     config = RunConfig.load(args.config) if args.config else RunConfig()
     num_frames = args.num_frames or config.data.num_frames

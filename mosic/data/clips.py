@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import UntrackedStartError
-from .readers import VideoReadError
+from ..errors import UntrackedStartError, VideoReadError
 from ..tracks import Tracks
 from .source import GroundTruth, VideoSource
 from .transforms import ViewTransform, random_resized_crop, tracks_in_view
@@ -103,7 +102,7 @@ class ClipDataset(Dataset):
     it, so ``meta.transform`` and tracks are the same, and only the resampling of pixels differs.
 
     Bad videos: with ``skip_bad_videos`` (the default) a video that cannot be read
-    (:class:`~mosic.data.readers.VideoReadError`) or is shorter than a clip
+    (:class:`~mosic.errors.VideoReadError`) or is shorter than a clip
     (:class:`ClipTooShortError`) is replaced by the next video, index + 1, + 2, ... (mod the
     number of videos), whose clip is drawn from a seed of the original key, so a key gives
     the same sample in every process and on resume, and batches keep their size.

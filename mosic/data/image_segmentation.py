@@ -28,8 +28,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from .readers import VideoReadError, _natural_key, _short_error
+from ..errors import VideoReadError
+from .diagnosis import short_error
 from .segmentation import IGNORE_INDEX, SegmentationSample
+from .video_files import natural_key
 
 __all__ = [
     "ADE20K",
@@ -67,7 +69,7 @@ def _describe(path: Path, limit: int = 12) -> str:
     if not path.is_dir():
         return f"{path} is a file, not a folder"
     try:
-        names = sorted((e for e in os.listdir(path) if not e.startswith(".")), key=_natural_key)
+        names = sorted((e for e in os.listdir(path) if not e.startswith(".")), key=natural_key)
     except OSError as error:
         return f"{path} cannot be listed ({error})"
     if not names:
@@ -86,7 +88,7 @@ def _listdir(folder: Path) -> set[str]:
 def _stems(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
     """Stems of the files in ``folder`` with one of ``suffixes`` (lower case), in natural order."""
     names = [n for n in _listdir(folder) if n.lower().endswith(suffixes)]
-    return sorted((os.path.splitext(n)[0] for n in names), key=_natural_key)
+    return sorted((os.path.splitext(n)[0] for n in names), key=natural_key)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -127,7 +129,7 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except OSError as error:
-        raise VideoReadError(path, _short_error(error)) from error
+        raise VideoReadError(path, short_error(error)) from error
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -149,7 +151,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
                 )
             return np.array(image)
     except OSError as error:
-        raise VideoReadError(path, _short_error(error)) from error
+        raise VideoReadError(path, short_error(error)) from error
 
 
 def _lookup_table(mapping: dict[int, int]) -> np.ndarray:

@@ -46,11 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import VideoReadError
 from .clips import BadVideoWarning, ClipTooShortError, effective_stride
-from .readers import VideoReadError, file_sha256
 from .source import VideoSource, decoder_name
 from .track_cache import StaleCacheError, check_video_entries, clip_starts, open_manifest_folder, video_fingerprint, write_manifest
 from .transforms import ViewTransform
+from .video_files import file_sha256
 
 PREPARED_VERSION = 1
 MANIFEST = "manifest.json"

@@ -6,10 +6,10 @@ RGB numpy arrays. Sources with ground truth (synthetic videos) also return a
 (see :mod:`mosic.trackers.base`).
 
 A video that cannot be read makes ``num_frames`` or ``read_frames`` raise
-:class:`mosic.data.readers.VideoReadError` (its ``path`` and a ``reason`` a user
+:class:`mosic.errors.VideoReadError` (its ``path`` and a ``reason`` a user
 understands); training skips such videos (:class:`mosic.data.clips.ClipDataset`). A source
 may also have ``verify(index) -> int``, decoding every frame of a video (``mosic check-data
---full``); :func:`mosic.data.readers.verify_video` falls back to chunked ``read_frames``.
+--full``); :func:`mosic.data.video_files.verify_video` falls back to chunked ``read_frames``.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def audit_backend(
     """
     import time
 
-    from .readers import VideoFileSource
+    from .video_files import VideoFileSource
 
     reference = reference_stamps(path) if reference is None else reference
     rng = np.random.default_rng(seed)

@@ -36,11 +36,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..checks import is_int
+from ..errors import UntrackedStartError, VideoReadError
 from ..tracks import Tracks
 from .clips import draw_start, effective_stride, sample_seed
-from ..errors import UntrackedStartError
-from .readers import VideoReadError, file_sha256
 from .source import VideoSource
+from .video_files import file_sha256
 
 CACHE_VERSION = 2  # 2: video files are fingerprinted by their bytes, entries record the decoder
 MANIFEST = "manifest.json"
@@ -150,7 +151,7 @@ def video_fingerprint(source: VideoSource, index: int) -> str:
     """sha256 of the video's name, frame count and content.
 
     The content is the file's bytes where the source can hash them (video files: see
-    :meth:`~mosic.data.readers.VideoFileSource.content_fingerprint`), so the fingerprint does not
+    :meth:`~mosic.data.video_files.VideoFileSource.content_fingerprint`), so the fingerprint does not
     depend on which decoder read the video or what it decoded before; else the pixels of the
     first and last frames (frame folders and synthetic videos, whose reads are deterministic).
     """
@@ -185,6 +186,11 @@ def write_manifest(out: Path, version: int, settings: Any, entries: list[dict], 
     os.replace(tmp, out / name)
 
 
+def _is_json(value: Any, kind: type) -> bool:
+    """``value`` is of ``kind``; a bool is not an int here."""
+    return is_int(value) if kind is int else isinstance(value, kind)
+
+
 def check_video_entries(
     videos: list, entry_keys: dict[str, type], int_lists: Sequence[str], folder: Path, bad, files: str = "file", where: str = "folder"
 ) -> None:
@@ -201,10 +207,10 @@ def check_video_entries(
                 raise bad(f"video entry {i} of an unreadable video must hold 'name' and 'error' strings only")
             continue
         for key, kind in entry_keys.items():
-            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            if not _is_json(entry.get(key), kind):
                 raise bad(f"video entry {i} needs {key!r} ({kind.__name__}), got {entry.get(key)!r}")
         for key in int_lists:
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[key]):
+            if not all(_is_json(v, int) for v in entry[key]):
                 raise bad(f"video entry {i}: {key!r} must be a list of ints")
         file = entry["file"]
         if Path(file).is_absolute() or not (folder / file).resolve().is_relative_to(root):

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .image_segmentation import DatasetLayoutError, _describe, read_label_png
-from .readers import FrameFolderSource, _check_indices, _image_files, _natural_key
 from .segmentation import IGNORE_INDEX
+from .video_files import FrameFolderSource, check_indices, image_files, natural_key
 
 __all__ = ["DAVIS", "MissingAnnotationError", "YouTubeVOS"]
 
@@ -65,7 +65,7 @@ class _FrameMaskVideos:
     def _frames(self, index: int) -> list[str]:
         index = self._check(index)
         if self._frame_names[index] is None:
-            names = _image_files(self._frame_dirs[index])
+            names = image_files(self._frame_dirs[index])
             if not names:
                 raise ValueError(f"frame folder {self._frame_dirs[index]} contains no .jpg/.jpeg/.png frames")
             self._frame_names[index] = names
@@ -114,7 +114,7 @@ class _FrameMaskVideos:
         """(T, H, W) int64 instance masks: 0 background, i >= 1 object i, 255 void."""
         index = self._check(index)
         names = self._frames(index)
-        idx = _check_indices(frame_indices, len(names), self.videos[index])
+        idx = check_indices(frame_indices, len(names), self.videos[index])
         annotations = self._annotations(index)
         unique, inverse = np.unique(idx, return_inverse=True)
         masks = []
@@ -275,7 +275,7 @@ class YouTubeVOS(_FrameMaskVideos):
         if not listing.is_dir():
             listing = frames_root
         videos = sorted((e.name for e in os.scandir(listing) if e.is_dir() and not e.name.startswith(".")),
-                        key=_natural_key)
+                        key=natural_key)
         if not videos:
             raise DatasetLayoutError(f"YouTubeVOS(split={split!r}): {listing} holds no video folders; {_YTVOS_LAYOUT}")
         source = f"the video folders of {listing}"

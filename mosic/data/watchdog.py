@@ -7,7 +7,7 @@ reading process (DataLoader workers included: the child is a plain subprocess, w
 workers may start), sends it ``backend.method(path, *args)`` and waits at most ``timeout``
 seconds for the answer. A call that does not return in time kills the child (the next call
 starts a new one) and raises :class:`DecodeTimeoutError`, a
-:class:`~mosic.data.readers.VideoReadError`: training skips the video as it skips a corrupt one.
+:class:`~mosic.errors.VideoReadError`: training skips the video as it skips a corrupt one.
 """
 
 from __future__ import annotations

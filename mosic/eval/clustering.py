@@ -1,10 +1,11 @@
 """Unsupervised video segmentation by clustering patch features (MoSiC evaluation).
 
 K-means (faiss) groups the backbone's patch tokens; clusters are matched to ground-truth
-labels, one-to-one with the Hungarian algorithm or many-to-one by majority for
-over-clustering, and scored by mIoU in percent (0-100). :func:`evaluate_video_clustering`
-runs the paper's unsupervised video segmentation settings: clustering per dataset (D),
-per clip (C) and per frame (F), and over-clustering with a fixed K per setting.
+labels, one-to-one with the Hungarian algorithm (maximising IoU) or many-to-one by majority
+for over-clustering, and scored by mIoU in percent (0-100), all with
+:mod:`mosic.eval.metrics`. :func:`evaluate_video_clustering` runs the paper's unsupervised
+video segmentation settings: clustering per dataset (D), per clip (C) and per frame (F),
+and over-clustering with a fixed K per setting.
 The image protocols built on these functions live in :mod:`mosic.eval.overclustering`
 and :mod:`mosic.eval.linear_probe`.
 """
@@ -17,12 +18,12 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from ..backbones.base import Backbone
 from ..data.segmentation import IGNORE_INDEX, VideoSegmentationDataset
 from ..data.source import VideoSource
 from .features import dense_features
+from .metrics import greedy_many_to_one_miou, hungarian_miou
 
 #: all video clustering modes: per dataset (D), per clip (C), per frame (F)
 MODES = ("dataset", "clip", "frame")
@@ -71,96 +72,6 @@ def kmeans(
     km.train(x)
     _, labels = km.index.search(x, 1)
     return labels[:, 0].astype(np.int64)
-
-
-def confusion_matrix(
-    pred: np.ndarray | torch.Tensor,
-    target: np.ndarray | torch.Tensor,
-    num_pred: int,
-    num_target: int,
-    ignore_index: int | None = None,
-) -> np.ndarray:
-    """(num_pred, num_target) int64 counts of pixels with pred p and target t.
-
-    ``pred`` and ``target`` are int arrays of the same shape; pixels whose target equals
-    ``ignore_index`` are skipped.
-    """
-    pred, target = _to_numpy(pred).reshape(-1), _to_numpy(target).reshape(-1)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target differ in size: {pred.size} vs {target.size}")
-    if ignore_index is not None:
-        keep = target != ignore_index
-        pred, target = pred[keep], target[keep]
-    pred, target = pred.astype(np.int64), target.astype(np.int64)
-    if pred.size and (pred.min() < 0 or pred.max() >= num_pred):
-        raise ValueError(f"pred values must lie in [0, {num_pred}), got [{pred.min()}, {pred.max()}]")
-    if target.size and (target.min() < 0 or target.max() >= num_target):
-        raise ValueError(
-            f"target values must lie in [0, {num_target}) or equal ignore_index, "
-            f"got [{target.min()}, {target.max()}]"
-        )
-    counts = np.bincount(pred * num_target + target, minlength=num_pred * num_target)
-    return counts.reshape(num_pred, num_target).astype(np.int64)
-
-
-def _cluster_confusion(pred, target, num_classes: int, ignore_index: int | None) -> np.ndarray:
-    pred = _to_numpy(pred)
-    num_pred = int(pred.max()) + 1 if pred.size else 1
-    return confusion_matrix(pred, target, num_pred, num_classes, ignore_index)
-
-
-def _miou(conf: np.ndarray, matching: np.ndarray) -> dict:
-    """mIoU of clusters mapped to classes by ``matching`` ((K,) class id, -1 = wrong)."""
-    num_classes = conf.shape[1]
-    matched = np.flatnonzero(matching >= 0)
-    classes = matching[matched]
-    tp = np.bincount(classes, weights=conf[matched, classes], minlength=num_classes)
-    predicted = np.bincount(classes, weights=conf[matched].sum(1), minlength=num_classes)
-    gt = conf.sum(0).astype(np.float64)
-    present = gt > 0
-    iou = np.full(num_classes, np.nan)
-    iou[present] = 100.0 * tp[present] / (gt + predicted - tp)[present]
-    miou = float(iou[present].mean()) if present.any() else float("nan")
-    return {"miou": miou, "iou_per_class": iou, "matching": matching}
-
-
-def hungarian_miou(
-    pred: np.ndarray | torch.Tensor,
-    target: np.ndarray | torch.Tensor,
-    num_classes: int,
-    ignore_index: int | None = 255,
-) -> dict:
-    """mIoU after one-to-one Hungarian matching of clusters to classes.
-
-    Args:
-        pred: int cluster ids >= 0, any shape (K = max id + 1 clusters).
-        target: int class ids in [0, num_classes) or ``ignore_index``, same shape.
-    Returns:
-        ``miou`` (mean over classes present in target, percent), ``iou_per_class``
-        ((num_classes,) percent, NaN for absent classes) and ``matching`` ((K,) int64
-        class of each cluster, -1 for unmatched clusters, whose pixels count as wrong).
-    """
-    conf = _cluster_confusion(pred, target, num_classes, ignore_index)
-    rows, cols = linear_sum_assignment(conf, maximize=True)
-    matching = np.full(conf.shape[0], -1, dtype=np.int64)
-    matching[rows] = cols
-    return _miou(conf, matching)
-
-
-def greedy_many_to_one_miou(
-    pred: np.ndarray | torch.Tensor,
-    target: np.ndarray | torch.Tensor,
-    num_classes: int,
-    ignore_index: int | None = 255,
-) -> dict:
-    """Over-clustering mIoU: each cluster takes the class it overlaps most (majority).
-
-    Same arguments and return value as :func:`hungarian_miou`; several clusters may map
-    to one class, empty clusters map to -1.
-    """
-    conf = _cluster_confusion(pred, target, num_classes, ignore_index)
-    matching = np.where(conf.sum(1) > 0, conf.argmax(1), -1).astype(np.int64)
-    return _miou(conf, matching)
 
 
 def segment_features(

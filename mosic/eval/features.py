@@ -10,7 +10,6 @@ built backbone, a registered name (``"dinov2-s14"``), a mosic run or checkpoint 
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import BACKBONES, Backbone
+from ..checks import is_int
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -62,14 +62,14 @@ def dense_features(
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise ValueError(f"dense_features: images must be (N, H, W, 3) uint8 RGB, got {tuple(x.shape)} {x.dtype}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"dense_features: batch_size must be an int >= 1, got {batch_size!r}")
     p = backbone.patch_size
     if size is None:
         out_hw = (x.shape[1] // p * p, x.shape[2] // p * p)
-    elif isinstance(size, numbers.Integral) and not isinstance(size, bool):
+    elif is_int(size):
         out_hw = (int(size), int(size))
-    elif isinstance(size, Sequence) and len(size) == 2 and all(_is_int(v) for v in size):
+    elif isinstance(size, Sequence) and len(size) == 2 and all(is_int(v) for v in size):
         out_hw = (int(size[0]), int(size[1]))
     else:
         raise ValueError(f"dense_features: size must be None, an int or (H, W) ints, got {size!r}")
@@ -88,9 +88,6 @@ def dense_features(
         backbone.train(was_training)
     return torch.cat(chunks)
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def resolve_backbone(spec: Backbone | str | Path, *, model: str = "teacher", **kwargs: Any) -> Backbone:
@@ -143,7 +140,7 @@ def _from_export(path: Path, **kwargs: Any) -> Backbone:
     bad = {
         k: spec[k]
         for k in ("patch_size", "embed_dim", "depth", "num_heads", "img_size")
-        if k in spec and (isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < 1)
+        if k in spec and (not is_int(spec[k]) or spec[k] < 1)
     }
     if bad:
         raise ValueError(f"{info_file}: spec values must be positive ints, got {bad}")

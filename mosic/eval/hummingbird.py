@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -59,13 +60,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from ..backbones.base import Backbone
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
-from .clustering import _miou, confusion_matrix
 from .features import dense_features, resize_images, resolve_backbone
 from .knn import NearestNeighbors
+from .metrics import confusion_matrix, hungarian_matching, miou_from_confusion, pixel_accuracy
 
 #: the paper's memory bank size (patches), as in Hummingbird (appendix 7.4)
 PAPER_MEMORY_SIZE = 10_240_000
@@ -217,6 +217,213 @@ def _check_image(sample, index: int, split: str) -> np.ndarray:
     return image
 
 
+# ---------------------------------------------------------------------------- the protocol's steps
+
+
+def _check_settings(
+    backbone: Backbone,
+    train: SegmentationDataset,
+    val: SegmentationDataset,
+    k: int,
+    temperature: float,
+    batch_size: int,
+    matching: str,
+    size: int | tuple[int, int] | None,
+) -> tuple[int, tuple[int, int] | None]:
+    """(number of classes, size as (H, W) or None); raises on settings the protocol cannot run."""
+    num_classes = int(train.num_classes)
+    if int(val.num_classes) != num_classes:
+        raise ValueError(f"train has {num_classes} classes but val has {val.num_classes}")
+    if k < 1 or temperature <= 0 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be >= 1 and temperature > 0, got {k}, {batch_size}, {temperature}")
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
+    if len(val) == 0:
+        raise ValueError("the validation set is empty")
+    p = backbone.patch_size
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if min(size) < p or size[0] % p or size[1] % p:
+            raise ValueError(f"size {size} must be positive multiples of the patch size {p}")
+    return num_classes, size
+
+
+def _training_images(
+    num_train: int, fraction: float, seed: int, train_indices: Sequence[int] | None
+) -> tuple[np.ndarray, float, bool, str | None]:
+    """The images the memory is built from: (sorted indices, the fraction they are of the
+    training set, whether the subset was raised to one image, a note saying so or None)."""
+    if train_indices is not None:
+        subset = np.unique(np.asarray(train_indices, dtype=np.int64))
+        if not len(subset) or subset[0] < 0 or subset[-1] >= num_train:
+            raise ValueError(f"train_indices must be non-empty indices into the {num_train} training images")
+        return subset, len(subset) / num_train, False, None
+    subset, clamped = train_subset(num_train, fraction, seed)
+    note = None
+    if clamped:
+        note = (
+            f"fraction {fraction_label(fraction)} of {num_train} training images is "
+            f"{fraction * num_train:.3g} images; kept 1 image (the memory needs at least one)"
+        )
+    return subset, fraction, clamped, note
+
+
+def _memory_budget(memory_size: int | None, patches_per_image: int | None, num_images: int) -> tuple[int, int]:
+    """(memory capacity in patches, patches kept per image)."""
+    capacity = PAPER_MEMORY_SIZE if memory_size is None else int(memory_size)
+    per_image = int(patches_per_image) if patches_per_image is not None else capacity // num_images
+    if per_image < 1:
+        raise ValueError(
+            f"memory_size={capacity} is smaller than the {num_images} training images; "
+            "raise it or pass patches_per_image"
+        )
+    return capacity, per_image
+
+
+@dataclass
+class _Memory:
+    """The memory bank: the kept patches' tokens in a kNN index and their label histograms.
+
+    Attributes:
+        knn: the index over the kept (L2-normalised) patch tokens; not built yet.
+        labels: (M, C) float32 label histogram of each kept patch, in the index's order.
+        labelled: patches with a labelled pixel in the selected images (kept or not).
+    """
+
+    knn: NearestNeighbors
+    labels: torch.Tensor
+    labelled: int
+
+
+def _build_memory(
+    backbone: Backbone,
+    train: SegmentationDataset,
+    subset: np.ndarray,
+    per_image: int,
+    num_classes: int,
+    *,
+    seed: int,
+    size: tuple[int, int] | None,
+    batch_size: int,
+    device: torch.device,
+    index: str,
+    nprobe: int,
+    use_gpu: bool | str,
+) -> _Memory:
+    """Encode the ``subset`` images and keep ``per_image`` patches of each (:func:`sample_patches`)."""
+    rng = np.random.default_rng((seed, 1))  # patch sampling; the subset used default_rng(seed)
+    knn: NearestNeighbors | None = None  # built at the first image, once D is known
+    labels, labelled = [], 0
+    for batch in _batches(train, subset, batch_size):
+        images = [_check_image(s, i, "train") for i, s in batch]
+        feats = _encode(backbone, images, size, batch_size, device)
+        for (i, sample), f in zip(batch, feats):
+            h, w, dim = f.shape
+            hist = patch_label_histograms(sample.mask, (h, w), num_classes).reshape(h * w, num_classes)
+            keep = sample_patches(hist, per_image, rng)
+            labelled += int((hist.sum(1) > 0).sum())
+            if knn is None:
+                knn = NearestNeighbors(dim, "ip", index, nprobe=nprobe, use_gpu=use_gpu, seed=seed)
+            knn.add(f.reshape(h * w, dim)[torch.from_numpy(keep)])
+            labels.append(hist[keep])
+    if knn is None or knn.ntotal == 0:
+        raise ValueError("no labelled training patch: every selected mask is ignore-only")
+    return _Memory(knn, torch.from_numpy(np.concatenate(labels)), labelled)
+
+
+def _val_features(
+    backbone: Backbone,
+    batch: list,
+    size: tuple[int, int] | None,
+    batch_size: int,
+    device: torch.device,
+    cache: dict[int, torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """Tokens of a batch of (index, sample) validation images; ``cache`` (index -> tokens)
+    is read and filled when given."""
+    missing = [j for j, (i, _) in enumerate(batch) if cache is None or i not in cache]
+    feats: list[torch.Tensor | None] = [None] * len(batch)
+    if missing:
+        images = [_check_image(batch[j][1], batch[j][0], "val") for j in missing]
+        for j, f in zip(missing, _encode(backbone, images, size, batch_size, device)):
+            feats[j] = f
+            if cache is not None:
+                cache[batch[j][0]] = f
+    for j, (i, _) in enumerate(batch):
+        if feats[j] is None:
+            feats[j] = cache[i]  # type: ignore[index]
+    return feats  # type: ignore[return-value]
+
+
+def _transfer(
+    memory_labels: torch.Tensor, scores: np.ndarray, neighbours: np.ndarray, temperature: float
+) -> torch.Tensor:
+    """(Q, C) class scores of Q queries: their (Q, k) neighbours' label histograms weighted by
+    ``softmax(similarity / temperature)``."""
+    weights = torch.softmax(torch.from_numpy(scores) / temperature, dim=1).nan_to_num_(0.0)  # all -inf: no vote
+    return torch.einsum("qk,qkc->qc", weights, memory_labels[torch.from_numpy(neighbours).clamp(min=0)])
+
+
+def _predict(votes: torch.Tensor, grid: tuple[int, int], mask_hw: tuple[int, int], device: torch.device) -> np.ndarray:
+    """(H, W) class ids: the argmax of the (h * w, C) ``votes`` upsampled bilinearly to ``mask_hw``."""
+    h, w = grid
+    logits = votes.reshape(1, h, w, votes.shape[-1]).permute(0, 3, 1, 2).to(device)
+    up = F.interpolate(logits, size=mask_hw, mode="bilinear", align_corners=False)
+    return up[0].argmax(0).cpu().numpy()
+
+
+def _label_transfer(
+    memory: _Memory,
+    backbone: Backbone,
+    val: SegmentationDataset,
+    num_classes: int,
+    *,
+    k: int,
+    temperature: float,
+    size: tuple[int, int] | None,
+    batch_size: int,
+    device: torch.device,
+    cache: dict[int, torch.Tensor] | None,
+) -> tuple[np.ndarray, float]:
+    """Segment every validation image from its patches' neighbours in the (built) memory.
+
+    Returns:
+        the (C, C) confusion matrix of the predictions over all labelled validation pixels,
+        and the seconds spent searching the index.
+    """
+    k_eff = min(k, memory.knn.ntotal)
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    search_s = 0.0
+    for batch in _batches(val, range(len(val)), batch_size):
+        feats = _val_features(backbone, batch, size, batch_size, device, cache)
+        queries = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+        t0 = time.perf_counter()
+        scores, neighbours = memory.knn.search(queries, k_eff)
+        search_s += time.perf_counter() - t0
+        start = 0
+        for (_, sample), f in zip(batch, feats):
+            h, w, _ = f.shape
+            rows = slice(start, start + h * w)
+            start += h * w
+            mask = np.asarray(sample.mask)
+            votes = _transfer(memory.labels, scores[rows], neighbours[rows], temperature)
+            pred = _predict(votes, (h, w), mask.shape[-2:], device)
+            conf += confusion_matrix(pred, mask, num_classes, num_classes, ignore_index=IGNORE_INDEX)
+    return conf, search_s
+
+
+def _score(conf: np.ndarray, matching: str) -> dict[str, Any]:
+    """``miou``, ``pixel_accuracy`` and ``iou_per_class`` of a (C, C) confusion matrix,
+    predicted ids taken as classes (``"identity"``) or matched to them (``"hungarian"``)."""
+    assignment = hungarian_matching(conf) if matching == "hungarian" else None
+    scored = miou_from_confusion(conf, assignment)
+    return {
+        "miou": scored["miou"],
+        "pixel_accuracy": pixel_accuracy(conf, assignment),
+        "iou_per_class": scored["iou_per_class"].tolist(),
+    }
+
+
 # ---------------------------------------------------------------------------- the protocol
 
 
@@ -280,127 +487,32 @@ def evaluate_in_context(
     """
     t_start = time.perf_counter()
     backbone = resolve_backbone(backbone)
-    num_classes = int(train.num_classes)
-    if int(val.num_classes) != num_classes:
-        raise ValueError(f"train has {num_classes} classes but val has {val.num_classes}")
-    if k < 1 or temperature <= 0 or batch_size < 1:
-        raise ValueError(f"k and batch_size must be >= 1 and temperature > 0, got {k}, {batch_size}, {temperature}")
-    if matching not in MATCHINGS:
-        raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
-    if len(val) == 0:
-        raise ValueError("the validation set is empty")
-    p = backbone.patch_size
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if min(size) < p or size[0] % p or size[1] % p:
-            raise ValueError(f"size {size} must be positive multiples of the patch size {p}")
+    num_classes, size = _check_settings(backbone, train, val, k, temperature, batch_size, matching, size)
     device = torch.device(device) if device is not None else next(iter(backbone.parameters())).device
+    subset, fraction, clamped, note = _training_images(len(train), fraction, seed, train_indices)
+    capacity, per_image = _memory_budget(memory_size, patches_per_image, len(subset))
 
-    # ------------------------------------------------------------ which training images
-    note = None
-    if train_indices is not None:
-        subset, clamped = np.unique(np.asarray(train_indices, dtype=np.int64)), False
-        if not len(subset) or subset[0] < 0 or subset[-1] >= len(train):
-            raise ValueError(f"train_indices must be non-empty indices into the {len(train)} training images")
-        fraction = len(subset) / len(train)
-    else:
-        subset, clamped = train_subset(len(train), fraction, seed)
-        if clamped:
-            note = (
-                f"fraction {fraction_label(fraction)} of {len(train)} training images is "
-                f"{fraction * len(train):.3g} images; kept 1 image (the memory needs at least one)"
-            )
-    capacity = PAPER_MEMORY_SIZE if memory_size is None else int(memory_size)
-    if patches_per_image is not None:
-        per_image = int(patches_per_image)
-    else:
-        per_image = capacity // len(subset)
-    if per_image < 1:
-        raise ValueError(
-            f"memory_size={capacity} is smaller than the {len(subset)} training images; "
-            "raise it or pass patches_per_image"
-        )
-
-    # ------------------------------------------------------------ memory bank
     was_training = backbone.training
     backbone.eval()
     try:
-        rng = np.random.default_rng((seed, 1))  # patch sampling; the subset used default_rng(seed)
-        knn: NearestNeighbors | None = None  # built at the first image, once D is known
-        labels, labelled = [], 0
-        for batch in _batches(train, subset, batch_size):
-            images = [_check_image(s, i, "train") for i, s in batch]
-            feats = _encode(backbone, images, size, batch_size, device)
-            for (i, sample), f in zip(batch, feats):
-                h, w, dim = f.shape
-                hist = patch_label_histograms(sample.mask, (h, w), num_classes).reshape(h * w, num_classes)
-                keep = sample_patches(hist, per_image, rng)
-                labelled += int((hist.sum(1) > 0).sum())
-                if knn is None:
-                    knn = NearestNeighbors(dim, "ip", index, nprobe=nprobe, use_gpu=use_gpu, seed=seed)
-                knn.add(f.reshape(h * w, dim)[torch.from_numpy(keep)])
-                labels.append(hist[keep])
-        if knn is None or knn.ntotal == 0:
-            raise ValueError("no labelled training patch: every selected mask is ignore-only")
-        memory_labels = torch.from_numpy(np.concatenate(labels))
+        memory = _build_memory(
+            backbone, train, subset, per_image, num_classes, seed=seed, size=size, batch_size=batch_size,
+            device=device, index=index, nprobe=nprobe, use_gpu=use_gpu,
+        )
         t_memory = time.perf_counter()
-        knn.build()
+        memory.knn.build()
         t_index = time.perf_counter()
-
-        # -------------------------------------------------------- label transfer on val
-        k_eff = min(k, knn.ntotal)
-        conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-        search_s = 0.0
-        for batch in _batches(val, range(len(val)), batch_size):
-            missing = [j for j, (i, _) in enumerate(batch) if _val_cache is None or i not in _val_cache]
-            feats: list[torch.Tensor | None] = [None] * len(batch)
-            if missing:
-                images = [_check_image(batch[j][1], batch[j][0], "val") for j in missing]
-                for j, f in zip(missing, _encode(backbone, images, size, batch_size, device)):
-                    feats[j] = f
-                    if _val_cache is not None:
-                        _val_cache[batch[j][0]] = f
-            for j, (i, _) in enumerate(batch):
-                if feats[j] is None:
-                    feats[j] = _val_cache[i]  # type: ignore[index]
-            queries = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-            t0 = time.perf_counter()
-            scores, neighbours = knn.search(queries, k_eff)
-            search_s += time.perf_counter() - t0
-            start = 0
-            for (i, sample), f in zip(batch, feats):
-                h, w, _ = f.shape
-                s = torch.from_numpy(scores[start : start + h * w])
-                nb = torch.from_numpy(neighbours[start : start + h * w])
-                start += h * w
-                weights = torch.softmax(s / temperature, dim=1).nan_to_num_(0.0)  # all -inf: no vote
-                votes = torch.einsum("qk,qkc->qc", weights, memory_labels[nb.clamp(min=0)])
-                mask = np.asarray(sample.mask)
-                logits = votes.reshape(1, h, w, num_classes).permute(0, 3, 1, 2).to(device)
-                up = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-                pred = up[0].argmax(0).cpu().numpy()
-                conf += confusion_matrix(pred, mask, num_classes, num_classes, ignore_index=IGNORE_INDEX)
+        conf, search_s = _label_transfer(
+            memory, backbone, val, num_classes, k=k, temperature=temperature, size=size,
+            batch_size=batch_size, device=device, cache=_val_cache,
+        )
     finally:
         backbone.train(was_training)
     t_end = time.perf_counter()
 
-    # ------------------------------------------------------------ scores
-    if matching == "hungarian":
-        c = conf.astype(np.float64)
-        union = c.sum(1, keepdims=True) + c.sum(0, keepdims=True) - c
-        iou = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        assignment = np.full(num_classes, -1, dtype=np.int64)
-        assignment[rows] = cols
-    else:
-        assignment = np.arange(num_classes)
-    scored = _miou(conf, assignment)
-    correct = conf[np.arange(num_classes), assignment].sum()  # square conf: every id is assigned
-    total_pixels = conf.sum()
+    knn = memory.knn
     return {
-        "miou": scored["miou"],
-        "pixel_accuracy": float(100.0 * correct / total_pixels) if total_pixels else float("nan"),
-        "iou_per_class": scored["iou_per_class"].tolist(),
+        **_score(conf, matching),
         "class_names": list(getattr(train, "class_names", [str(c) for c in range(num_classes)])),
         "num_classes": num_classes,
         "fraction": float(fraction),
@@ -413,7 +525,7 @@ def evaluate_in_context(
         "memory_size": int(knn.ntotal),
         "memory_capacity": capacity,
         "patches_per_image": per_image,
-        "labelled_patches": labelled,
+        "labelled_patches": memory.labelled,
         "k": int(k),
         "temperature": float(temperature),
         "size": list(size) if size is not None else None,

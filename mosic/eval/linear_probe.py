@@ -32,8 +32,8 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
-from .clustering import _miou, confusion_matrix
 from .features import dense_features, resize_images
+from .metrics import confusion_matrix, miou_from_confusion, pixel_accuracy
 
 #: the paper's defaults (appendix 7.4; Leopart / NeCo linear_finetune)
 PAPER_LINEAR_PROBE = {"size": 448, "mask_size": 100, "epochs": 20, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
@@ -247,13 +247,12 @@ def evaluate_linear_probe(
             conf += confusion_matrix(
                 pred, val_masks[start : start + batch_size], num_classes, num_classes, IGNORE_INDEX
             )
-    result = _miou(conf, np.arange(num_classes))
-    labelled = conf.sum()
+    result = miou_from_confusion(conf)
     t3 = time.perf_counter()
     return {
         "miou": result["miou"],
         "iou_per_class": result["iou_per_class"].tolist(),
-        "pixel_accuracy": float(100.0 * np.trace(conf) / labelled) if labelled else float("nan"),
+        "pixel_accuracy": pixel_accuracy(conf),
         "train_loss": losses,
         "lr": lrs,
         "num_classes": num_classes,

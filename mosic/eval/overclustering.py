@@ -8,7 +8,7 @@ the NeCo ``eval_overcluster.py`` the MoSiC README points to):
 * cluster maps upsampled with nearest neighbour to ``mask_size`` x ``mask_size``
   (100 x 100 in the paper, "to accelerate Hungarian matching"), masks downsampled to the
   same size with nearest neighbour; unlabelled (255) pixels are skipped;
-* K = number of classes: one-to-one Hungarian matching (:func:`hungarian_miou`);
+* K = number of classes: one-to-one Hungarian matching maximising IoU (:func:`hungarian_miou`);
   K > number of classes (100, 300, 500): each cluster goes to the class it overlaps with
   the highest pixel precision, i.e. the most pixels (:func:`greedy_many_to_one_miou`);
 * mIoU (percent) over the classes present in the masks; the paper averages five seeds.
@@ -30,9 +30,11 @@ import numpy as np
 import torch
 
 from ..backbones.base import Backbone
+from ..checks import is_int
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
-from .clustering import _upsample, greedy_many_to_one_miou, hungarian_miou, kmeans
+from .clustering import _upsample, kmeans
 from .linear_probe import _mask_hw, extract_dataset
+from .metrics import greedy_many_to_one_miou, hungarian_miou
 
 #: the paper's K values (Table 3: K = #classes, 100, 300, 500) and resolutions
 PAPER_OVERCLUSTERING = {
@@ -112,7 +114,7 @@ def evaluate_overclustering(
     resolved = []
     for k in ks:
         value = num_classes if k is None else k
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"every K in ks must be a positive int or None, got {k!r}")
         resolved.append(int(value))
     mask_hw = _mask_hw(mask_size)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import Backbone
+from ..checks import is_real
 from ..data.segmentation import open_segmentation_dataset
 from .features import dense_features, resize_images, resolve_backbone
 from .report import make_report, write_report
@@ -179,7 +180,7 @@ def _scalars(result: dict, prefix: str = "") -> dict[str, float]:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(_scalars(value, name + "/"))
-        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        elif is_real(value):
             out[name] = float(value)
     return out
 

@@ -30,7 +30,7 @@ def make_report(
     details: dict[str, Any] | None = None,
     seconds: float | None = None,
 ) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
     if bad:

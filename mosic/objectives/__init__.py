@@ -4,6 +4,7 @@ from . import mosic  # noqa: F401  (registers the built-in objectives)
 from . import spacetime_kmeans  # noqa: F401
 from . import correspondence  # noqa: F401
 from .base import OBJECTIVES, Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from .card import ObjectiveCard
 from .correspondence import CorrespondenceObjective
 from .composite import CompositeObjective, build_objective, parse_objective_expression
 from .head import ProjectionHead, Prototypes
@@ -16,6 +17,7 @@ __all__ = [
     "CorrespondenceObjective",
     "MoSiCObjective",
     "Objective",
+    "ObjectiveCard",
     "ObjectiveInputs",
     "ObjectiveOutput",
     "ProjectionHead",

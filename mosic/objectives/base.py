@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..registry import Registry
 from ..trackers.base import Tracks
 from ..data.transforms import ViewTransform
@@ -95,8 +96,7 @@ def _check_inputs(inputs: ObjectiveInputs) -> None:
             f"{tuple(teacher.shape)}, got {_describe(tracks.xy)}"
         )
     size = inputs.patch_size
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"{where}: patch_size must be an int > 0 (pixels per patch side), got {size!r}")
+    positive_int(size, f"{where}: patch_size", what="an int > 0 (pixels per patch side)")
     frames = inputs.student_frames
     if not isinstance(frames, (tuple, list)) or not all(isinstance(f, numbers.Integral) and 0 <= f < t for f in frames):
         raise ValueError(f"{where}: student_frames must be a tuple of clip frame indices in [0, T={t}), got {frames!r}")
@@ -145,6 +145,9 @@ class Objective(nn.Module, ABC):
     uses_tracks: bool = True
     #: True: the student also runs on a random crop/flip Phi of frame 0 (see ``sample_views``)
     student_view: bool = False
+    #: the registry name: ``OBJECTIVES.create(name)`` stamps it (the canonical name, also when
+    #: created through an alias); a subclass sets the class default for direct construction
+    name: str = "objective"
 
     @abstractmethod
     def forward(self, inputs: ObjectiveInputs, teacher: "Objective") -> ObjectiveOutput: ...

@@ -15,8 +15,6 @@ with MoSiC in the place of its segmentation loss; a weight in front scales both 
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,40 +22,8 @@ import torch
 from torch import nn
 
 from ..data.transforms import ViewTransform
+from ..config import parse_objective_expression
 from .base import OBJECTIVES, Objective, ObjectiveInputs, ObjectiveOutput
-
-_TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*?\s*)?(?P<name>[A-Za-z_][\w\-.:]*)\s*$")
-
-
-def parse_objective_expression(expression: str) -> list[tuple[float, str]]:
-    """``"mosic + 0.1 correspondence"`` -> ``[(1.0, "mosic"), (0.1, "correspondence")]``.
-
-    Terms are separated by ``+``; each is ``[weight][*]name`` with a non-negative
-    weight (default 1). Names may contain ``-`` (``mosic-propagated``), so there is no
-    subtraction.
-    """
-    if not isinstance(expression, str):
-        raise TypeError(
-            f"objective name must be a string such as 'mosic' or 'mosic + 0.1 correspondence', "
-            f"got {type(expression).__name__}"
-        )
-    terms = []
-    for part in expression.split("+"):
-        match = _TERM.match(part)
-        if match is None:
-            raise ValueError(
-                f"cannot read {part.strip()!r} in the objective {expression!r}: write terms as "
-                "'name' or 'weight name' (or 'weight*name') joined by '+', e.g. 'mosic + 0.1 correspondence'"
-            )
-        weight = float(match["weight"]) if match["weight"] else 1.0
-        if not math.isfinite(weight):
-            raise ValueError(f"the weight of {match['name']!r} in the objective {expression!r} must be finite, got {weight}")
-        terms.append((weight, match["name"]))
-    names = [name for _, name in terms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the objective {expression!r} names a term twice; merge the weights")
-    return terms
-
 
 def is_composite(expression: str) -> bool:
     terms = parse_objective_expression(expression)
@@ -137,6 +103,11 @@ def build_objective(
     if len(terms) == 1 and terms[0][0] == 1.0:
         return _create(terms[0][1], embed_dim, fields, kwargs)
     names = [n for _, n in terms]
+    canonical = [OBJECTIVES.canonical(n) if n in OBJECTIVES else n for n in names]
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(
+            f"the objective {name!r} names a term twice (aliases: {OBJECTIVES.aliases()}); merge the weights"
+        )
     stray = [k for k in kwargs if k not in names]
     if stray:
         raise ValueError(
@@ -149,7 +120,9 @@ def build_objective(
         if not isinstance(extra, dict):
             raise ValueError(f"objective.kwargs.{term} must be a mapping of arguments, got {extra!r}")
         built.append((weight, term, _create(term, embed_dim, fields, extra)))
-    return CompositeObjective(built)
+    total = CompositeObjective(built)
+    total.name = name.strip()  # the expression; each term keeps its registry name
+    return total
 
 
 def _create(name: str, embed_dim: int, fields: dict[str, Any], kwargs: dict[str, Any]) -> Objective:

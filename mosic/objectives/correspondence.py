@@ -59,15 +59,17 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as dist
+from ..checks import is_int, positive_int
 from ..data.transforms import ViewTransform, random_resized_crop, warp_tokens
 from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from .catalog import CARDS
 from .head import ProjectionHead
 
 #: mixed with each clip's sample seed, so Phi is independent of the clip's crop and mask
 _VIEW_SALT = 0xC0AA
 
 
-@register_objective("correspondence")
+@register_objective("correspondence", card=CARDS["correspondence"])
 class CorrespondenceObjective(Objective):
     """Short-term (eq. 12) and long-term (eq. 15) equivariant correspondence losses.
 
@@ -86,6 +88,7 @@ class CorrespondenceObjective(Objective):
         view_flip_probability: probability that Phi also flips left-right.
     """
 
+    name = "correspondence"
     student_frames: tuple[int, ...] = ()
     uses_tracks = False
     student_view = True
@@ -104,10 +107,9 @@ class CorrespondenceObjective(Objective):
     ):
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("projection_dim", projection_dim), ("long_term_gap", long_term_gap)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(value, name, what="a positive integer")
         hidden = tuple(head_hidden_dims)
-        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in hidden):
+        if not all(is_int(v) and v >= 1 for v in hidden):
             raise ValueError(f"head_hidden_dims must be positive integers, got {head_hidden_dims!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..checks import positive_int
+
+_POSITIVE = "a positive int"
 
 
 class ProjectionHead(nn.Module):
@@ -20,12 +22,12 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int] = (2048, 2048), out_dim: int = 256):
         super().__init__()
-        _check_width("in_dim (the backbone's embed_dim)", in_dim)
+        positive_int(in_dim, "in_dim (the backbone's embed_dim)", what=_POSITIVE)
         if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence):
             raise TypeError(f"hidden_dims must be a sequence of positive ints, e.g. (2048, 2048), got {hidden_dims!r}")
         for width in hidden_dims:
-            _check_width("every entry of hidden_dims (head_hidden_dims)", width)
-        _check_width("out_dim (projection_dim)", out_dim)
+            positive_int(width, "every entry of hidden_dims (head_hidden_dims)", what=_POSITIVE)
+        positive_int(out_dim, "out_dim (projection_dim)", what=_POSITIVE)
         dims = [in_dim, *hidden_dims, out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -48,8 +50,8 @@ class Prototypes(nn.Module):
 
     def __init__(self, num_prototypes: int = 100, dim: int = 256):
         super().__init__()
-        _check_width("num_prototypes", num_prototypes)
-        _check_width("dim (projection_dim)", dim)
+        positive_int(num_prototypes, "num_prototypes", what=_POSITIVE)
+        positive_int(dim, "dim (projection_dim)", what=_POSITIVE)
         self.weight = nn.Parameter(F.normalize(torch.randn(num_prototypes, dim), dim=-1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -59,20 +61,3 @@ class Prototypes(nn.Module):
     @torch.no_grad()
     def normalize_(self) -> None:
         self.weight.copy_(F.normalize(self.weight, dim=-1))
-
-
-def _check_width(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def check_positive(name: str, value: object) -> None:
-    """``value`` is a finite real number > 0 (temperatures, Sinkhorn's epsilon)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_count(name: str, value: object, minimum: int = 1) -> None:
-    """``value`` is an int >= ``minimum`` (iterations, counts)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -5,7 +5,7 @@ teacher's Sinkhorn cluster of the feature at the point's tracked position in fra
 (``target="tracked"``, what the authors' code does and the default), or the teacher's
 frame-0 cluster carried unchanged along the track (``target="propagated"``, the
 paper's eq. 8 taken literally). ``target="still"`` is the no-motion baseline
-(registered as ``static``): every track is held at its query point and counted visible
+(registered as ``mosic-still``, MoSiC's loss on a still clip; ``static`` is an alias): every track is held at its query point and counted visible
 in every frame, so the target in frame t is the teacher's cluster at the query's pixel
 in frame t, whatever moved there; the tracker's output is never read. The prediction is
 the student's frame-0 score distribution at the query point (temperature 0.1); the loss
@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as dist
+from ..checks import positive_float, positive_int
 from ..points import sample_at_points
 from ..sinkhorn import sinkhorn
 from ..tracks import Tracks
-from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
-from .head import ProjectionHead, Prototypes, check_count, check_positive
+from .base import OBJECTIVES, Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from .catalog import CARDS
+from .head import ProjectionHead, Prototypes
 
 
-@register_objective("mosic", target="tracked")
-@register_objective("mosic-propagated", target="propagated")
-@register_objective("static", target="still")
+@register_objective("mosic", target="tracked", card=CARDS["mosic"])
+@register_objective("mosic-propagated", target="propagated", card=CARDS["mosic-propagated"])
+@register_objective("mosic-still", aliases=("static",), target="still", card=CARDS["mosic-still"])
 class MoSiCObjective(Objective):
     """Motion-based Sinkhorn clustering.
 
@@ -49,6 +51,7 @@ class MoSiCObjective(Objective):
     """
 
     student_frames = (0,)
+    name = "mosic"
 
     def __init__(
         self,
@@ -68,9 +71,9 @@ class MoSiCObjective(Objective):
             raise ValueError(f"loss_points must be 'visible' or 'all', got {loss_points!r}")
         if target not in ("tracked", "propagated", "still"):
             raise ValueError(f"target must be 'tracked', 'propagated' or 'still', got {target!r}")
-        check_positive("temperature", temperature)
-        check_positive("sinkhorn_epsilon", sinkhorn_epsilon)
-        check_count("sinkhorn_iterations", sinkhorn_iterations)
+        positive_float(temperature, "temperature")
+        positive_float(sinkhorn_epsilon, "sinkhorn_epsilon")
+        positive_int(sinkhorn_iterations, "sinkhorn_iterations")
         self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim)
         self.prototypes = Prototypes(num_prototypes, projection_dim)
         self.temperature = temperature
@@ -81,6 +84,7 @@ class MoSiCObjective(Objective):
         self.target = target
         #: "still" never reads the tracker's output: the trainer then runs no tracker
         self.uses_tracks = target != "still"
+        self.name = OBJECTIVES.name_for(type(self), target=target) or self.name
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) backbone features -> (..., K) cosine scores against the prototypes."""

@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from .base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from .catalog import CARDS
 from .head import ProjectionHead
 
 #: guard inside the log; Y_hat[q, l] is at least about exp(-2 / temperature) / R for
@@ -203,7 +204,7 @@ def batched_kmeans(
     return assign, centres
 
 
-@register_objective("spacetime-kmeans")
+@register_objective("spacetime-kmeans", card=CARDS["spacetime-kmeans"])
 class SpaceTimeKMeansObjective(Objective):
     """Space-time k-means pseudo masks of the teacher, predicted from the student's
     frame 0 through its affinity to the teacher's reference frames (module docstring).
@@ -226,6 +227,7 @@ class SpaceTimeKMeansObjective(Objective):
             function of the teacher tokens).
     """
 
+    name = "spacetime-kmeans"
     student_frames = (0,)
     uses_tracks = False
 

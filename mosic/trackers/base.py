@@ -22,7 +22,8 @@ class Tracker(ABC):
     ordinary trackers ignore it.
     """
 
-    #: human-readable name, set by the registry user or the subclass
+    #: the registry name: ``TRACKERS.create(name)`` stamps it on the instance; a subclass sets
+    #: the class default, the name of instances made directly from the class
     name: str = "tracker"
 
     @abstractmethod

@@ -18,7 +18,6 @@ import torch
 
 from .. import distributed as dist
 from ..data.clips import BadVideoWarning, ClipTooShortError, effective_stride
-from ..data.readers import VideoReadError, file_sha256
 from ..data.source import VideoSource, decoder_name
 from ..data.track_cache import (  # the reading side, re-exported here
     CACHE_VERSION,
@@ -35,6 +34,8 @@ from ..data.track_cache import (  # the reading side, re-exported here
     write_manifest,
 )
 from ..data.transforms import tracks_in_view
+from ..data.video_files import file_sha256
+from ..errors import VideoReadError
 from .base import Tracker
 
 __all__ = [

@@ -31,6 +31,7 @@ import torch
 
 from ..tracks import Tracks
 from .base import Tracker, register_tracker
+from .catalog import CARDS
 
 __all__ = ["LucasKanadeTracker"]
 
@@ -46,7 +47,7 @@ def _inside(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
-@register_tracker("lk")
+@register_tracker("lk", card=CARDS["lk"])
 class LucasKanadeTracker(Tracker):
     """Pyramidal Lucas-Kanade point tracker (OpenCV), no weights, CPU.
 

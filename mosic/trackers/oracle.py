@@ -9,9 +9,10 @@ import torch
 
 from ..tracks import Tracks
 from .base import Tracker, register_tracker
+from .catalog import CARDS
 
 
-@register_tracker("oracle")
+@register_tracker("oracle", card=CARDS["oracle"])
 class OracleTracker(Tracker):
     """Returns the ground truth of clips whose metadata carries it (``mosic.data.SyntheticVideos``).
 

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 
 from ..errors import WeightsUnavailableError
 from ..tracks import Tracks
-from .base import Tracker, register_tracker
+from .base import TRACKERS, Tracker, register_tracker
+from .catalog import CARDS
 
 __all__ = [
     "RaftTracker",
@@ -186,7 +187,13 @@ def chain_flows(
 # ----------------------------------------------------------------------------- weights
 
 
+def _card_weights(model: str):
+    """The official weights of ``model`` (``"large"``: the ``raft`` card, ``"small"``: ``raft-small``)."""
+    return (CARDS["raft"] if model == "large" else CARDS["raft-small"]).weights
+
+
 def _weights_enum(model: str):
+    """torchvision's weights enum of ``model``; its URL is the one on the tracker's card."""
     from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights
 
     return Raft_Large_Weights.C_T_V2 if model == "large" else Raft_Small_Weights.C_T_V2
@@ -205,14 +212,15 @@ def _build_model(model: str, weights: Any, progress: bool) -> torch.nn.Module:
         return net
     if weights is None or weights is True:
         enum = _weights_enum(model)
+        card_weights = _card_weights(model)
         try:
-            state = _download_state_dict(enum, progress)
+            state = _download_state_dict(enum, progress)  # torchvision checks the sha256 prefix of the file name
         except Exception as exc:  # URLError, HTTPError, socket/SSL errors, partial files
             from torch.hub import get_dir
 
-            name = enum.url.rsplit("/", 1)[-1]
+            name = card_weights.filename
             raise RaftWeightsUnavailableError(
-                f"could not get torchvision's RAFT weights {enum} from {enum.url} "
+                f"could not get torchvision's RAFT weights {enum} from {card_weights.url} "
                 f"({type(exc).__name__}: {exc}). Offline: download that file on a connected machine and "
                 f"pass it as weights='/path/to/{name}' (tracker kwargs, e.g. tracker.kwargs.weights=...), "
                 f"or put it in {Path(get_dir()) / 'checkpoints'}; or use the weight-free 'lk' tracker."
@@ -226,7 +234,7 @@ def _build_model(model: str, weights: Any, progress: bool) -> torch.nn.Module:
             net,
             read_state_dict(weights),
             str(weights),
-            hint=f"Expected a torchvision raft_{model} state dict, e.g. {_weights_enum(model).url.rsplit('/', 1)[-1]}.",
+            hint=f"Expected a torchvision raft_{model} state dict, e.g. {_card_weights(model).filename}.",
         )
         return net
     if hasattr(weights, "get_state_dict"):  # a torchvision weights enum
@@ -250,8 +258,8 @@ def working_size(height: int, width: int, size: int | Sequence[int] | None = Non
     return tuple(8 * math.ceil(round(d * scale, 6) / 8) for d in (height, width))
 
 
-@register_tracker("raft-small", model="small")
-@register_tracker("raft", model="large")
+@register_tracker("raft-small", model="small", card=CARDS["raft-small"])
+@register_tracker("raft", model="large", card=CARDS["raft"])
 class RaftTracker(Tracker):
     """Point tracking by chaining torchvision RAFT flows (see the module docstring).
 
@@ -273,6 +281,8 @@ class RaftTracker(Tracker):
             ``|f + b|^2 > alpha (|f|^2 + |b|^2) + beta``.
         beta: forward-backward consistency check, absolute term (pixels^2).
     """
+
+    name = "raft"
 
     def __init__(
         self,
@@ -296,7 +306,7 @@ class RaftTracker(Tracker):
             raise ValueError(f"iters and batch_pairs must be >= 1, got {iters} and {batch_pairs}")
         if size is not None:
             working_size(MIN_SIDE, MIN_SIDE, size)  # validate early
-        self.name = "raft" if model == "large" else "raft-small"
+        self.name = TRACKERS.name_for(type(self), model=model) or self.name
         self.model_name = model
         self.iters = int(iters)
         self.batch_pairs = int(batch_pairs)

@@ -63,7 +63,7 @@ def read_clip(source, index: int = 0, num_frames: int = 12, stride: int = 2, sta
     """One clip of a video and its metadata.
 
     Args:
-        source: anything :func:`mosic.data.readers.open_videos` takes (``"synthetic:..."`` too).
+        source: anything :func:`mosic.data.video_files.open_videos` takes (``"synthetic:..."`` too).
         max_size: the shorter side is resized down to this (None: original size).
     Returns:
         frames (T, H, W, 3) uint8 and a :class:`~mosic.data.clips.ClipMeta` (whose
@@ -73,7 +73,7 @@ def read_clip(source, index: int = 0, num_frames: int = 12, stride: int = 2, sta
     import torch
 
     from ..data.clips import ClipMeta, effective_stride
-    from ..data.readers import open_videos
+    from ..data.video_files import open_videos
     from ..data.transforms import ViewTransform
 
     source = open_videos(source)

@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..checks import is_real
+
 #: what :func:`plot_curves` draws by default (those present in the file)
 DEFAULT_KEYS = ("loss", "agreement", "grad_norm", "lr_backbone")
 
@@ -43,7 +45,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def _numeric(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_real(value)
 
 
 def metric_keys(records: Sequence[dict]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import positive_int
 from ..data.segmentation import IGNORE_INDEX
 from .writers import as_frames
 
@@ -136,8 +137,7 @@ def cluster_maps(
     if scorer is None:
         from ..eval.clustering import kmeans
 
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"cluster_maps: k must be an int >= 1, got {k!r}")
+        positive_int(k, "cluster_maps: k")
         if k > t * h * w:
             raise ValueError(f"cluster_maps: k={k} is more than the {t * h * w} patch tokens of the clip")
         labels = kmeans(tokens.reshape(-1, d), k, seed=seed).reshape(t, h, w)
@@ -151,7 +151,7 @@ def cluster_maps(
 
 def _run_with_prototypes(spec: Any, model: str):
     """The backbone and the prototype-scoring objective of a run or checkpoint folder."""
-    from ..trainer import PostPretrainer
+    from ..train import PostPretrainer
 
     if isinstance(spec, PostPretrainer):
         trainer = spec

@@ -22,6 +22,7 @@ import colorsys
 
 import numpy as np
 
+from ..checks import nonnegative_int
 from .writers import as_frames
 
 
@@ -100,8 +101,7 @@ def draw_tracks(
     t, h, w, _ = frames.shape
     if xy.shape[0] != t:
         raise ValueError(f"draw_tracks: the tracks have {xy.shape[0]} frames, the video has {t}")
-    if isinstance(trail, bool) or not isinstance(trail, (int, np.integer)) or trail < 0:
-        raise ValueError(f"draw_tracks: trail must be an int >= 0, got {trail!r}")
+    nonnegative_int(trail, "draw_tracks: trail")
     n = xy.shape[1]
     if colors is None:
         first = np.where(np.isfinite(xy).all(-1).any(0), np.argmax(np.isfinite(xy).all(-1), axis=0), 0)

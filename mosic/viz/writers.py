@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import positive_int
+
 #: file suffixes :func:`write_video` understands
 SUFFIXES = (".mp4", ".gif", ".png")
 
@@ -35,8 +37,7 @@ def as_frames(frames, what: str = "frames") -> np.ndarray:
 def upscale(frames, scale: int) -> np.ndarray:
     """(T, H, W, 3) -> (T, H * scale, W * scale, 3), nearest neighbour (crisp pixels)."""
     frames = as_frames(frames)
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+    positive_int(scale, "scale")
     if scale == 1:
         return frames
     return np.ascontiguousarray(frames.repeat(scale, axis=1).repeat(scale, axis=2))
@@ -60,8 +61,7 @@ def contact_sheet(frames, columns: int | None = None, pad: int = 2, background: 
     t, h, w, _ = frames.shape
     if columns is None:
         columns = t if t <= 4 else math.ceil(math.sqrt(t))
-    if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
-        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
+    positive_int(columns, "columns")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
     columns = min(columns, t)

@@ -1,5 +1,5 @@
 """Track-then-fit on the decode-accuracy corpus, run as separate processes by
-tests/test_decode_accuracy.py.
+tests/system/test_decode_accuracy.py.
 
 ``python stamp_runs.py track VIDEOS CACHE BACKEND``: ``mosic track`` with the ``stamp`` tracker,
 whose track of every point in frame t has x = the index stamped on the frame it was given,

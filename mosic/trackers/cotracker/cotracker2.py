@@ -55,6 +55,7 @@ from torch import nn
 
 from ...backbones.weights import load_state_dict_strict
 from ..base import register_tracker
+from ..catalog import CARDS
 from .blocks import (
     BasicEncoder,
     carried_frames,
@@ -385,7 +386,7 @@ def _load_weights(model: CoTracker2, weights: str | os.PathLike | bool | None, p
     return model
 
 
-@register_tracker("cotracker2")
+@register_tracker("cotracker2", card=CARDS["cotracker2"])
 class CoTracker2Tracker(CoTrackerTrackerBase):
     """CoTracker2 point tracker: the official online predictor over a whole video in one call.
 

@@ -37,7 +37,8 @@ from typing import Any, Sequence
 import torch
 
 from ...tracks import Tracks
-from ..base import Tracker, _check_clip_inputs, register_tracker
+from ..base import TRACKERS, Tracker, _check_clip_inputs, register_tracker
+from ..catalog import CARDS
 from ...device import resolve_device
 from .blocks import get_points_on_a_grid
 from .cotracker3 import CoTracker3Base, CoTracker3Offline, CoTracker3Online
@@ -215,8 +216,8 @@ class CoTrackerTrackerBase(Tracker):
         return Tracks(xy, visible & started)
 
 
-@register_tracker("cotracker3-online", online=True)
-@register_tracker("cotracker3", online=False)
+@register_tracker("cotracker3-online", online=True, card=CARDS["cotracker3-online"])
+@register_tracker("cotracker3", online=False, card=CARDS["cotracker3"])
 class CoTracker3Tracker(CoTrackerTrackerBase):
     """CoTracker3 point tracker, offline (``cotracker3``) or online (``cotracker3-online``).
 
@@ -244,6 +245,8 @@ class CoTracker3Tracker(CoTrackerTrackerBase):
         progress: show the download progress bar.
     """
 
+    name = "cotracker3"
+
     def __init__(
         self,
         weights: str | os.PathLike | bool | None = None,
@@ -262,7 +265,7 @@ class CoTracker3Tracker(CoTrackerTrackerBase):
         progress: bool = True,
     ):
         self.online = bool(online)
-        self.name = "cotracker3-online" if self.online else "cotracker3"
+        self.name = TRACKERS.name_for(type(self), online=self.online) or self.name
         self.model_resolution = (int(model_resolution[0]), int(model_resolution[1]))
         model: CoTracker3Base
         if self.online:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ...backbones.weights import CONVERT_HINT, UnsafeWeightsError, load_state_dict_strict, read_state_dict
 from ...errors import WeightsUnavailableError
+from ..catalog import official_weights
 
 __all__ = [
     "LICENCE_NOTE",
@@ -41,19 +42,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: official checkpoint of each model variant
-WEIGHT_URLS = {
-    "cotracker3_offline": "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_offline.pth",
-    "cotracker3_online": "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_online.pth",
-    "cotracker2": "https://huggingface.co/facebook/cotracker/resolve/main/cotracker2.pth",
-}
-
-#: the registered tracker name of each variant (for messages)
+#: the registered tracker name of each model variant; its card (:mod:`mosic.trackers.catalog`)
+#: records the official checkpoint's URL and checksum
 TRACKER_NAMES = {
     "cotracker3_offline": "cotracker3",
     "cotracker3_online": "cotracker3-online",
     "cotracker2": "cotracker2",
 }
+
+#: official checkpoint of each model variant (read from the tracker cards)
+WEIGHT_URLS = {variant: official_weights(name).url for variant, name in TRACKER_NAMES.items()}
 
 LICENCE_NOTE = (
     "CoTracker weights (facebookresearch/co-tracker) are licensed CC BY-NC 4.0: "
@@ -112,15 +110,18 @@ def _check_variant(variant: object) -> None:
 
 
 def download_state_dict(variant: str, progress: bool = True) -> dict[str, torch.Tensor]:
-    """The official state dict of ``variant`` (a key of :data:`WEIGHT_URLS`), cached or downloaded.
+    """The official state dict of ``variant`` (a key of :data:`WEIGHT_URLS`), cached or downloaded,
+    checked against the sha256 on the tracker's card when the card records one.
 
     A cached file is read like a local one (:func:`~mosic.backbones.weights.read_state_dict`:
     safetensors or ``torch.load(weights_only=True)``; a pickle needing code is refused)."""
     _check_variant(variant)
     url = WEIGHT_URLS[variant]
     cached = _cache_path(url)
+    card_weights = official_weights(TRACKER_NAMES[variant])
     if cached.is_file():
         _note_licence(url)
+        card_weights.verify(cached)
         return read_state_dict(cached)
     if _offline():
         raise _unavailable(variant, f"are not in the torch hub cache ({cached}) and HF_HUB_OFFLINE=1 forbids downloads")
@@ -137,6 +138,8 @@ def download_state_dict(variant: str, progress: bool = True) -> dict[str, torch.
                 "file you trust converted to safetensors. " + CONVERT_HINT
             ) from exc
         raise _unavailable(variant, f"could not be downloaded ({type(exc).__name__}: {exc})") from exc
+    if cached.is_file():
+        card_weights.verify(cached)
     return _unwrap(state, url)
 
 
