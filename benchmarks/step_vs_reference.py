@@ -1,7 +1,8 @@
-"""mosic's training step against the authors' step as they ran it, same process, same inputs.
+"""mosic's training step against the authors' step (their algorithm's cost), same process, same inputs.
 
 The reference step is written here from the published code's algorithm (the project's
-reference notes, section 1), with the gather bug fixed (it reads (x, y) correctly):
+reference notes, section 1), with the gather bug fixed (it reads (x, y) correctly), bilinear
+teacher reads (their train.sh reads nearest) and mosic's patch-centre queries:
 
 * the tracker runs inside every step (``--reference-tracker``; CoTracker3 in the
   paper), or reads the same cached tracks as mosic (``--reference-cached``);

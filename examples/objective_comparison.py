@@ -29,46 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import mosic
 from mosic.data import SyntheticVideos
 from mosic.demo import demo_config
 from mosic.eval.clustering import evaluate_video_clustering
-from mosic.points import sample_at_points
+from mosic.eval.track_consistency import track_consistency
 from mosic.trackers import OracleTracker, query_grid
 
 OBJECTIVES = ["mosic", "mosic-propagated", "mosic-still", "spacetime-kmeans", "correspondence"]
 EVAL_FRAMES, EVAL_STRIDE, EVAL_GRID = 8, 2, 8
-
-
-@torch.no_grad()
-def track_consistency(backbone: mosic.Backbone, source: SyntheticVideos, frame_stride: int = EVAL_STRIDE) -> float:
-    """Fraction of visible (point, frame > 0) entries whose nearest frame-0 query feature
-    is its own (features read bilinearly at the ground-truth track positions)."""
-    was_training = backbone.training
-    backbone.eval()
-    hits = total = 0
-    frames_index = [i * frame_stride for i in range(EVAL_FRAMES)]
-    try:
-        for v in range(len(source)):
-            frames = torch.from_numpy(source.read_frames(v, frames_index)).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
-            h, w = frames.shape[-2:]
-            queries = query_grid(h, w, EVAL_GRID)[None]
-            meta = mosic.data.ClipMeta(
-                source.video_name(v), v, frames_index, mosic.data.ViewTransform.identity(h, w), 0, source.ground_truth(v)
-            )
-            tracks = OracleTracker().track(frames, queries, clips=[meta])
-            tokens = backbone.patch_tokens(backbone.preprocess(frames[0]))  # (T, h, w, D)
-            features = F.normalize(sample_at_points(tokens, tracks.xy[0], backbone.patch_size, "bilinear"), dim=-1)  # (T, N, D)
-            nearest = (features[1:] @ features[0].T).argmax(-1)  # (T-1, N)
-            own = torch.arange(features.shape[1]).expand_as(nearest)
-            visible = tracks.visible[0, 1:] & tracks.visible[0, :1]
-            hits += int(((nearest == own) & visible).sum())
-            total += int(visible.sum())
-    finally:
-        backbone.train(was_training)
-    return 100.0 * hits / max(total, 1)
 
 
 @torch.no_grad()
@@ -180,7 +150,7 @@ def evaluate(trainer: mosic.PostPretrainer, held_out: SyntheticVideos) -> dict:
     return {
         "dataset_miou": round(result["dataset_miou"], 1),
         "clip_miou": round(result["clip_miou"], 1),
-        "track_consistency": round(track_consistency(trainer.teacher, held_out), 1),
+        "track_consistency": round(track_consistency(trainer.teacher, held_out, EVAL_FRAMES, EVAL_STRIDE, EVAL_GRID), 1),
     }
 
 

@@ -22,7 +22,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="offline demo on synthetic videos (CPU, a few minutes)")
     demo.add_argument("--out", default="runs/demo", help="run folder")
-    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--steps", type=int, default=300, help="training steps of each run (default: 300)")
+    demo.add_argument("--start", default=None, help="weights file of the demo ViT to start from (default: random init)")
+    demo.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     demo.add_argument("--no-progress", action="store_true")
 
     lst = sub.add_parser("list", help="list registered components")
@@ -209,7 +211,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import format_results, run_demo
 
-        results = run_demo(args.out, steps=args.steps, progress=not args.no_progress)
+        results = run_demo(
+            args.out, steps=args.steps, start=args.start or False, seed=args.seed, progress=not args.no_progress
+        )
         print(format_results(results))
         return 0
     if args.command == "fit":

@@ -80,6 +80,11 @@ class BackboneConfig(_Section):
     train_blocks: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
         2, description="train the last N blocks (+ final norm) or 'all'"
     )
+    train_final_norm: bool = Field(
+        True,
+        description="with train_blocks=N, also train the final norm (False: the authors' name rule, "
+        "which selects 'blocks.10'/'blocks.11' and so leaves the final norm frozen)",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the backbone factory")
 
 
@@ -116,6 +121,17 @@ class ObjectiveConfig(_Section):
         "visible", description="paper Table 6f: the loss on visible (point, frame) entries only, or on all"
     )
     mean_over_all: bool = Field(False, description="authors' code: visibility-weighted sum / all entries")
+    teacher_read: Literal["bilinear", "nearest"] = Field(
+        "bilinear",
+        description="how the teacher's features are read at track points: bilinear between patch centres "
+        "(the paper, section 3) or nearest, the patch of the rounded pixel (the authors' train.sh: "
+        "--teacher_feature_upsampling nearest)",
+    )
+    head_init: Literal["trunc_normal", "pytorch"] = Field(
+        "trunc_normal",
+        description="projection head weights: trunc_normal(std=0.02) with zero biases, or pytorch "
+        "(nn.Linear's default init, the authors' code); MoSiC objectives",
+    )
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="further arguments of the objective; for a sum, keyed by term: "

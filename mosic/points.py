@@ -31,17 +31,24 @@ def sample_at_points(
         tokens: (B, h, w, D) patch tokens of images of size (h * patch_size, w * patch_size).
         xy: (B, N, 2) (x, y) pixels of those images.
         patch_size: pixels per patch side, an int > 0.
-        mode: "bilinear" between patch centres (teacher) or "nearest" patch (student).
+        mode: "bilinear" between patch centres, at the exact position (the paper's
+            teacher read), or "nearest": the position is first rounded to the nearest
+            pixel (``torch.round``, halves to even), then that pixel's patch is read;
+            this equals upsampling the map with ``F.interpolate(mode="nearest")`` and
+            indexing ``[round(y), round(x)]``, what the authors' code does (x and y the right way round) for the student
+            and, in ``train.sh``, for the teacher (tested in ``tests/test_points.py``).
     Returns:
         (B, N, D) float32 (positions are never rounded to a low-precision dtype).
-        Points outside the image read the nearest border patch; a point at a patch
-        centre reads that patch's token exactly.
+        Points outside the image read the nearest border patch (positions are clamped
+        into the image); a point at a patch centre reads that patch's token exactly.
     Raises:
         TypeError, ValueError: malformed arguments; the message names the argument and
             the expected form (shape and dtype checks only: no host synchronisation).
     """
     _check_inputs(tokens, xy, patch_size, mode)
     b, h, w, d = tokens.shape
+    if mode == "nearest":  # the pixel the authors' `.round().long()` indexes: no ties at patch borders
+        xy = xy.float().round()
     # fp32 positions and features: a bf16 grid would round positions to ~1/128 of the image
     grid = pixels_to_grid(xy, h * patch_size, w * patch_size).unsqueeze(2)  # (B, N, 1, 2)
     out = F.grid_sample(

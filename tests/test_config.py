@@ -18,6 +18,16 @@ def test_defaults_are_the_papers():
     assert (cfg.data.num_frames, cfg.tracker.grid_size, cfg.data.crop_scale) == (12, 16, (0.4, 1.0))
     assert (cfg.optim.backbone_lr, cfg.optim.head_lr, cfg.train.ema_momentum) == (1e-5, 1e-4, 0.99)
     assert (cfg.backbone.train_blocks, cfg.train.mask_ratio, cfg.train.epochs) == (2, 0.1, 8)
+    assert (cfg.objective.teacher_read, cfg.objective.head_init) == ("bilinear", "trunc_normal")  # paper; mosic
+
+
+def test_the_authors_teacher_read_and_head_init_are_one_override_away():
+    cfg = RunConfig().with_overrides(["objective.teacher_read=nearest", "objective.head_init=pytorch"])
+    assert (cfg.objective.teacher_read, cfg.objective.head_init) == ("nearest", "pytorch")
+    with pytest.raises(ConfigError, match=r"objective\.teacher_read"):
+        RunConfig().with_overrides({"objective.teacher_read": "bicubic"})
+    with pytest.raises(ConfigError, match=r"objective\.head_init"):
+        RunConfig().with_overrides({"objective.head_init": "xavier"})
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])

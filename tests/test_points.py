@@ -189,3 +189,36 @@ def test_point_reads_equal_upsample_then_index_on_the_border_and_outside(mode, p
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     if mode == "nearest":  # nearest reads are token values exactly
         assert torch.isin(got, tokens).all()
+
+
+# ---- nearest reads at fractional positions == the authors' nearest upsampling + .round() + indexing
+
+
+@pytest.mark.parametrize("patch", [14, 8, 7])
+def test_nearest_reads_at_fractional_positions_equal_nearest_upsampling_then_indexing_the_rounded_pixel(patch):
+    """The authors' read (exp_mosic_multigpu.py, `--feature_upsampling nearest` and
+    `--teacher_feature_upsampling nearest`): F.interpolate(mode="nearest") to the image size,
+    then `clamp(tracks, 0, max(h-1, w-1)).round().long()` and indexing, here [y, x] (they
+    index [x, y], a bug mosic does not copy). Exact, at ties (x.5) and outside the image too."""
+    g = torch.Generator().manual_seed(7)
+    b, h, w, d = 2, 16, 16, 5  # square, as their 224 x 224 crops (their clamp uses max(h-1, w-1))
+    size = h * patch
+    tokens = torch.randn(b, h, w, d, generator=g)
+    up = F.interpolate(tokens.permute(0, 3, 1, 2), size=(size, size), mode="nearest")  # (B, D, H, W)
+    inside = torch.rand(b, 300, 2, generator=g) * (size - 1)
+    ties = torch.arange(0, size, patch).float() - 0.5  # x.5 at the patch borders: round half to even
+    ties = torch.stack([ties, ties.flip(0)], -1).clamp_min(0)
+    more_ties = torch.rand(b, 40, 2, generator=g).mul(size).floor() + 0.5
+    outside = torch.tensor([[-3.2, 10.0], [size + 4.7, 3.3], [-0.4, size - 0.6], [size - 0.5, -7.0]])
+    xy = torch.cat([inside, ties.expand(b, -1, -1), more_ties, outside.expand(b, -1, -1)], 1)
+    index = torch.clamp(xy, min=0, max=max(size - 1, size - 1)).round().long()  # their .round().long()
+    expected = torch.stack([up[i, :, index[i, :, 1], index[i, :, 0]].t() for i in range(b)])
+    assert torch.equal(sample_at_points(tokens, xy, patch, "nearest"), expected)
+
+
+def test_nearest_reads_round_to_the_pixel_before_choosing_the_patch():
+    """x = 13.5 lies between pixel 13 (patch 0) and 14 (patch 1): round half to even gives
+    pixel 14, so patch 1, the authors' index; the patch nearest to 13.5 itself is a tie."""
+    tokens = coordinate_tokens(1, 3)  # feature 0 = column
+    xy = torch.tensor([[[13.5, 0.0], [13.49, 0.0], [27.5, 0.0], [26.5, 0.0]]])
+    assert sample_at_points(tokens, xy, 14, "nearest")[0, :, 0].tolist() == [1.0, 0.0, 2.0, 1.0]

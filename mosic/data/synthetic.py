@@ -395,6 +395,10 @@ class SyntheticVideos:
         objects_per_video: an int or an inclusive (min, max) range of objects per video.
         camera_motion: whether the camera drifts (moving the background).
         color_jitter: per-object uniform jitter of the class colours (RGB in [0, 1]).
+        speed: scales every motion (object and camera velocities, wobble, spin, size
+            pulsing, camera sway); 1 is the default world, 0 a still one. Other values make a world
+            configuration to evaluate on that training did not see.
+        object_size: (min, max) object radius as a fraction of the shorter side.
     """
 
     @classmethod
@@ -414,7 +418,8 @@ class SyntheticVideos:
 
     def __init__(self, num_videos: int = 16, num_frames: int = 24, size: int | tuple[int, int] = 64,
                  seed: int = 0, num_classes: int = 4, objects_per_video: int | tuple[int, int] = (2, 4),
-                 camera_motion: bool = True, color_jitter: float = 0.15):
+                 camera_motion: bool = True, color_jitter: float = 0.15, speed: float = 1.0,
+                 object_size: tuple[float, float] = (0.12, 0.25)):
         if num_videos < 0:
             raise ValueError(f"num_videos must be >= 0, got {num_videos}")
         if num_frames < 1:
@@ -444,12 +449,20 @@ class SyntheticVideos:
         self.objects_per_video = (int(counts[0]), int(counts[1]))
         self.camera_motion = bool(camera_motion)
         self.color_jitter = float(color_jitter)
+        if not (math.isfinite(speed) and speed >= 0):
+            raise ValueError(f"speed must be a finite number >= 0, got {speed}")
+        size_range = tuple(float(v) for v in object_size)
+        if len(size_range) != 2 or not 0 < size_range[0] <= size_range[1] <= 1:
+            raise ValueError(f"object_size must be (min, max) with 0 < min <= max <= 1, got {object_size}")
+        self.speed = float(speed)
+        self.object_size = size_range
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_videos={self.num_videos}, num_frames={self._num_frames}, size={self.size}, "
             f"seed={self.seed}, num_classes={self.num_classes}, objects_per_video={self.objects_per_video}, "
-            f"camera_motion={self.camera_motion}, color_jitter={self.color_jitter})"
+            f"camera_motion={self.camera_motion}, color_jitter={self.color_jitter}, speed={self.speed}, "
+            f"object_size={self.object_size})"
         )
 
     @property
@@ -483,6 +496,7 @@ class SyntheticVideos:
         height, width = self.size
         s = min(height, width)
         unit = s / 64.0  # speeds are given in pixels per frame at size 64
+        motion = self.speed
         t_mid = (self._num_frames - 1) / 2.0
 
         def direction() -> np.ndarray:
@@ -491,8 +505,8 @@ class SyntheticVideos:
 
         camera = _Camera(
             t_mid=t_mid,
-            velocity=direction() * rng.uniform(0.25, 1.5) * unit * self.camera_motion,
-            amplitude=rng.uniform(0.0, 0.04 * s, 2) * self.camera_motion,
+            velocity=direction() * rng.uniform(0.25, 1.5) * unit * self.camera_motion * motion,
+            amplitude=rng.uniform(0.0, 0.04 * s, 2) * self.camera_motion * motion,
             freq=2.0 * math.pi / rng.uniform(16.0, 48.0),
             phase=rng.uniform(0.0, 2.0 * math.pi, 2),
         )
@@ -518,19 +532,19 @@ class SyntheticVideos:
             jitter = rng.uniform(-self.color_jitter, self.color_jitter, (2, 3))
             objects.append(_Object(
                 cls=cls,
-                radius=s * rng.uniform(0.12, 0.25),
+                radius=s * rng.uniform(*self.object_size),
                 aspect=rng.uniform(0.6, 1.0),
                 colours=np.clip(_class_colours(cls) + jitter, 0.0, 1.0),
                 texture_phase=rng.uniform(0.0, 2.0 * math.pi, 2),
                 t_mid=t_mid,
                 centre=rng.uniform(0.2, 0.8, 2) * np.array([width, height]) + cam_mid,
-                velocity=direction() * rng.uniform(0.5, 2.5) * unit,
-                wobble_amp=rng.uniform(0.0, 0.04 * s, 2),
+                velocity=direction() * rng.uniform(0.5, 2.5) * unit * motion,
+                wobble_amp=rng.uniform(0.0, 0.04 * s, 2) * motion,
                 wobble_freq=2.0 * math.pi / rng.uniform(10.0, 30.0),
                 wobble_phase=rng.uniform(0.0, 2.0 * math.pi, 2),
                 angle=rng.uniform(0.0, 2.0 * math.pi),
-                spin=rng.uniform(-0.06, 0.06),
-                scale_amp=rng.uniform(0.0, 0.2),
+                spin=rng.uniform(-0.06, 0.06) * motion,
+                scale_amp=min(rng.uniform(0.0, 0.2) * motion, 0.9),  # the size pulses too; stays > 0
                 scale_freq=2.0 * math.pi / rng.uniform(16.0, 48.0),
                 scale_phase=rng.uniform(0.0, 2.0 * math.pi),
             ))

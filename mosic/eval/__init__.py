@@ -27,6 +27,7 @@ from .metrics import (
 from .overclustering import evaluate_overclustering
 from .protocols import PROTOCOLS, run_protocol
 from .report import compare_reports, read_report, write_report
+from .track_consistency import track_consistency
 from .tracking import evaluate_tracker, tapvid_metrics
 
 __all__ = [
@@ -58,5 +59,6 @@ __all__ = [
     "resolve_backbone",
     "run_protocol",
     "tapvid_metrics",
+    "track_consistency",
     "write_report",
 ]

@@ -2,14 +2,21 @@
 
 For every query point i and frame t where the point is visible, the target is the
 teacher's Sinkhorn cluster of the feature at the point's tracked position in frame t
-(``target="tracked"``, what the authors' code does and the default), or the teacher's
-frame-0 cluster carried unchanged along the track (``target="propagated"``, the
-paper's eq. 8 taken literally). ``target="still"`` is the no-motion baseline
+(``target="tracked"``, the default: the position the authors' code indexes the teacher's
+assignment at), or the teacher's frame-0 cluster carried unchanged along the track
+(``target="propagated"``, the paper's eq. 8 taken literally). ``target="still"`` is the no-motion baseline
 (registered as ``mosic-still``, MoSiC's loss on a still clip; ``static`` is an alias): every track is held at its query point and counted visible
 in every frame, so the target in frame t is the teacher's cluster at the query's pixel
 in frame t, whatever moved there; the tracker's output is never read. The prediction is
 the student's frame-0 score distribution at the query point (temperature 0.1); the loss
 is the cross-entropy, averaged over the visible (point, frame) entries of the global batch.
+
+The teacher's features at the (fractional) track positions are read bilinearly between
+patch centres by default (``teacher_read="bilinear"``, the paper's section 3);
+``teacher_read="nearest"`` reads the patch of the nearest pixel, which equals the authors'
+``--teacher_feature_upsampling nearest`` of ``train.sh`` (nearest upsampling to the image,
+then indexing the rounded position, with x and y the right way round; tested in
+``tests/objectives/test_mosic.py``). The student's frame-0 read is always nearest.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class MoSiCObjective(Objective):
         mean_over_all: divide by the number of all entries instead of the used ones
             (the authors' code: visibility-weighted sum over every point).
         target: "tracked", "propagated" or "still" (see the module docstring).
+        teacher_read: how the teacher's features are read at track positions:
+            "bilinear" (the paper) or "nearest" (the authors' train.sh).
+        head_init: "trunc_normal" (mosic: weights trunc_normal(std=0.02), zero biases)
+            or "pytorch" (nn.Linear's default init, the authors' code).
     """
 
     student_frames = (0,)
@@ -65,16 +76,20 @@ class MoSiCObjective(Objective):
         loss_points: Literal["visible", "all"] = "visible",
         mean_over_all: bool = False,
         target: Literal["tracked", "propagated", "still"] = "tracked",
+        teacher_read: Literal["bilinear", "nearest"] = "bilinear",
+        head_init: Literal["trunc_normal", "pytorch"] = "trunc_normal",
     ):
         super().__init__()
         if loss_points not in ("visible", "all"):
             raise ValueError(f"loss_points must be 'visible' or 'all', got {loss_points!r}")
         if target not in ("tracked", "propagated", "still"):
             raise ValueError(f"target must be 'tracked', 'propagated' or 'still', got {target!r}")
+        if teacher_read not in ("bilinear", "nearest"):
+            raise ValueError(f"teacher_read must be 'bilinear' or 'nearest', got {teacher_read!r}")
         positive_float(temperature, "temperature")
         positive_float(sinkhorn_epsilon, "sinkhorn_epsilon")
         positive_int(sinkhorn_iterations, "sinkhorn_iterations")
-        self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim)
+        self.head = ProjectionHead(embed_dim, head_hidden_dims, projection_dim, init=head_init)
         self.prototypes = Prototypes(num_prototypes, projection_dim)
         self.temperature = temperature
         self.sinkhorn_epsilon = sinkhorn_epsilon
@@ -82,6 +97,7 @@ class MoSiCObjective(Objective):
         self.loss_points = loss_points
         self.mean_over_all = mean_over_all
         self.target = target
+        self.teacher_read = teacher_read
         #: "still" never reads the tracker's output: the trainer then runs no tracker
         self.uses_tracks = target != "still"
         self.name = OBJECTIVES.name_for(type(self), target=target) or self.name
@@ -105,7 +121,7 @@ class MoSiCObjective(Objective):
                 tokens, points, rows = inputs.teacher_tokens[:, 0], xy[:, 0], used[:, 0]
             else:
                 tokens, points, rows = inputs.teacher_tokens.flatten(0, 1), xy.flatten(0, 1), used
-            features = sample_at_points(tokens, points, inputs.patch_size, "bilinear")
+            features = sample_at_points(tokens, points, inputs.patch_size, self.teacher_read)
             scores = teacher.scores(features)
             k = scores.shape[-1]
             assignment = sinkhorn(

@@ -45,7 +45,8 @@ CARDS: dict[str, TrackerCard] = {
             ),
             licence=COTRACKER_LICENCE,
             paper=_COTRACKER3_PAPER,
-            notes="visible = vis > 0.9 (what MoSiC trained with); 6x6 support grid; queries snapped.",
+            notes="visible = vis > 0.9 (the authors' threshold); mosic adds a 6x6 support grid (theirs has none: "
+            "tracker.kwargs.support_grid_size=0); queries snapped.",
         ),
         TrackerCard(
             name="cotracker3-online",

@@ -32,7 +32,7 @@ from ..device import resolve_device, to_device
 from ..objectives.base import Objective
 from ..trackers.base import Tracker
 from ..tracks import Tracks, query_grid
-from .components import build_backbone, build_run_objective, build_tracker
+from .components import build_backbone, build_run_objective, build_tracker, set_trainable
 from .data import open_training_data
 from .inputs import StepInputs, token_masks
 from .learner import Learner
@@ -89,7 +89,7 @@ class PostPretrainer:
         _seed_everything(self.config.train.seed)
 
         backbone_module = backbone if isinstance(backbone, Backbone) else build_backbone(self.config.backbone)
-        backbone_module.set_trainable(self.config.backbone.train_blocks)
+        set_trainable(backbone_module, self.config.backbone)
         if not isinstance(objective, Objective):
             objective = build_run_objective(self.config.objective, backbone_module)
         self._tracker: Tracker | None = tracker.to(self.device) if isinstance(tracker, Tracker) else None

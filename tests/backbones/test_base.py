@@ -116,3 +116,24 @@ def test_every_attention_layer_uses_scaled_dot_product_attention(provider, sdpa_
         backbone(torch.randn(2, 3, size, size))
     depth = len(backbone.blocks_in_order())
     assert len(sdpa_calls) == depth, f"{provider}: {len(sdpa_calls)} SDPA calls for {depth} blocks"
+
+
+# ---- which parameters train (docs/differences.md, "trainable parameters")
+
+
+@pytest.mark.parametrize("depth", [12, 24])
+def test_train_blocks_2_trains_the_last_two_blocks_and_the_final_norm(depth):
+    """mosic: the last two blocks and the final norm. The authors' rule (names containing
+    "blocks.10" or "blocks.11") freezes the final norm, and on a 24-block ViT-L picks two
+    middle blocks; mosic does not copy that."""
+    backbone = mosic.create_backbone("vit-tiny", pretrained=False, **{**TINY_VIT, "depth": depth, "embed_dim": 16})
+    backbone.set_trainable(2)
+    trainable = {n for n, _ in backbone.trainable_parameters()}
+    blocks = {n.split(".")[2] for n in trainable if n.startswith("model.blocks.")}
+    assert blocks == {str(depth - 2), str(depth - 1)}
+    assert {n for n in trainable if not n.startswith("model.blocks.")} == {"model.norm.weight", "model.norm.bias"}
+    authors = {n for n, _ in backbone.named_parameters() if any(k in n for k in ("blocks.10", "blocks.11"))}
+    if depth == 12:  # the same blocks; the final norm trains only in mosic
+        assert authors < trainable and trainable - authors == {"model.norm.weight", "model.norm.bias"}
+    else:  # their rule: blocks 10 and 11 of 24
+        assert authors and not trainable & authors

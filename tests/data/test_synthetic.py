@@ -303,3 +303,29 @@ def test_occluded_points_are_invisible(tracked):
         assert (found[sel] > np.broadcast_to(ids, found.shape)[sel]).all()
         occluded += int((sel & (ids > 0)).sum())
     assert occluded > 100  # object points get occluded by other objects
+
+
+def test_speed_scales_every_motion_and_the_default_world_is_unchanged():
+    base = SyntheticVideos(num_videos=2, num_frames=8, size=32, seed=3)
+    same = SyntheticVideos(num_videos=2, num_frames=8, size=32, seed=3, speed=1.0, object_size=(0.12, 0.25))
+    assert np.array_equal(base.read_frames(1, range(8)), same.read_frames(1, range(8)))
+    still = SyntheticVideos(num_videos=2, num_frames=8, size=32, seed=3, speed=0.0).read_frames(1, range(8))
+    assert all(np.array_equal(still[0], frame) for frame in still)  # nothing moves, the camera included
+    # the background moves with the camera (drift and sway), whose motion is linear in speed
+    queries = np.array([[0, 10.0, 12.0], [0, 20.0, 16.0]])
+    world = dict(num_videos=2, num_frames=8, size=32, seed=3, objects_per_video=0)
+    slow = SyntheticVideos(**world).ground_truth(0).tracks(range(6), queries)[0]
+    fast = SyntheticVideos(**world, speed=2.0).ground_truth(0).tracks(range(6), queries)[0]
+    assert not np.allclose(slow[-1], slow[0])
+    np.testing.assert_allclose(fast - fast[0], 2 * (slow - slow[0]), atol=1e-4)
+
+
+def test_object_size_sets_the_radius_range_and_bad_world_settings_fail():
+    small = SyntheticVideos(num_videos=4, num_frames=2, size=64, seed=0, object_size=(0.05, 0.06))
+    big = SyntheticVideos(num_videos=4, num_frames=2, size=64, seed=0, object_size=(0.3, 0.35))
+    area = lambda s: sum((s[i]["instance_masks"][0] > 0).mean() for i in range(len(s)))  # noqa: E731
+    assert area(small) < area(big)
+    with pytest.raises(ValueError, match="speed must be"):
+        SyntheticVideos(speed=-1.0)
+    with pytest.raises(ValueError, match="object_size must be"):
+        SyntheticVideos(object_size=(0.3, 0.1))

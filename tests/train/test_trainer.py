@@ -363,3 +363,12 @@ def test_cuda_step_never_synchronises_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(metrics["loss"]).item()
+
+
+def test_train_final_norm_false_freezes_the_final_norm_as_the_authors_rule_does():
+    trainer = make_trainer(**{"backbone.train_blocks": 1, "backbone.train_final_norm": False})
+    norm = {n for n, p in trainer.student.named_parameters() if n.startswith("model.norm.")}
+    trained = {n for n, p in trainer.student.named_parameters() if p.requires_grad}
+    assert norm and not norm & trained and any(".blocks.1." in n for n in trained)
+    default = make_trainer(**{"backbone.train_blocks": 1})
+    assert norm <= {n for n, p in default.student.named_parameters() if p.requires_grad}
